@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Set-up is idempotent: a stamp file records that the venv matches pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mmcl-setup
+OUT    ?= runs/main
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first: the CPU wheel on this machine's disk; anything that pulls torch later finds it satisfied.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	@# animal-mnist's metadata requires tensorflow, which we never import: --no-deps.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/mmcl run --out $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs
