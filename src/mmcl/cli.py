@@ -1,0 +1,117 @@
+"""`mmcl run | list | report | compare`: the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmcl.config import DEFAULT_CONFIG, ConfigError, bundled_configs, load_config, validate
+
+
+def _run(args) -> int:
+    from mmcl import distributed as dist
+    from mmcl.engine import Interrupted, run
+    from mmcl.report import SUMMARY_HEADER, summary_rows, text_table
+    from mmcl.results import RunDir
+
+    if args.resume:
+        out = args.resume
+        if args.config or args.overrides:
+            cfg = load_config(args.config, args.overrides)
+        else:
+            cfg = validate(RunDir(out, writer=False).read_config())
+    else:
+        out = args.out or str(Path("runs") / (Path(args.config).stem if args.config else DEFAULT_CONFIG))
+        cfg = load_config(args.config, args.overrides)
+        if (Path(out) / "metrics.json").exists() and not args.force:
+            raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
+    try:
+        metrics = run(cfg, out, resume=bool(args.resume))
+    except Interrupted as e:
+        if dist.is_main():
+            print(f"\ninterrupted: state saved in {out}; continue with: mmcl run --resume {out}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        dist.cleanup()
+    if dist.is_main():
+        print()
+        print(text_table(SUMMARY_HEADER, summary_rows(metrics, f"{metrics['benchmark']}/{metrics['method']}")))
+        t = metrics["timing"]
+        print(f"\ntime {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s, "
+              f"{t['samples_per_s'] or 0:.0f} samples/s)")
+        rep = Path(out) / "report.html"
+        print(f"run directory: {out}" + (f"\nreport: {rep.resolve()}" if rep.exists() else ""))
+    return 0
+
+
+def _list(args) -> int:
+    from mmcl.data import BENCHMARKS
+    from mmcl.methods import METHODS
+
+    def first_line(obj) -> str:
+        doc = (sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+    print("methods:")
+    for n, cls in sorted(METHODS.items()):
+        print(f"  {n:12s} {first_line(cls)}")
+    print("benchmarks:")
+    for n, (_, fn) in sorted(BENCHMARKS.items()):
+        print(f"  {n:12s} {first_line(fn)}")
+    print("configs:")
+    for n in bundled_configs():
+        print(f"  {n}{'   (default)' if n == DEFAULT_CONFIG else ''}")
+    return 0
+
+
+def _report(args) -> int:
+    from mmcl.report import render
+
+    print(render(args.run_dir))
+    return 0
+
+
+def _compare(args) -> int:
+    from mmcl.report import compare_table
+
+    print(compare_table(args.run_dirs))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmcl", description="multimodal continual learning")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a config (bundled name or YAML path) with key=value overrides")
+    r.add_argument("config", nargs="?", help=f"bundled config name or YAML path (default: {DEFAULT_CONFIG})")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=0.01 seed=1")
+    r.add_argument("--out", help="run directory (default: runs/<config name>)")
+    r.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    r.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
+    r.set_defaults(fn=_run)
+    sub.add_parser("list", help="methods, benchmarks and bundled configs").set_defaults(fn=_list)
+    rp = sub.add_parser("report", help="re-render report.html of a run directory")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=_report)
+    c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
+    c.add_argument("run_dirs", nargs="+")
+    c.set_defaults(fn=_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "run" and args.config and "=" in args.config:
+        args.overrides.insert(0, args.config)  # `mmcl run seed=1`: no config name, only overrides
+        args.config = None
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"mmcl: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mmcl: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

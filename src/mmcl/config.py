@@ -1,0 +1,246 @@
+"""YAML configs with dotted command-line overrides and validation that names the bad key.
+
+A run's config is the base defaults below, overlaid by a bundled or user YAML file, overlaid
+by `key=value` overrides. Method and benchmark hyper-parameters are validated against the
+dataclass of the chosen method / benchmark, so every key a user can type is known.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = "animals-er"
+
+#: Every key outside `method.*` and `benchmark.*` with its default value (and so its type).
+BASE: dict[str, Any] = {
+    "setting": "modality",
+    "seed": 0,
+    "benchmark": {"name": "animals"},
+    "method": {"name": "finetune"},
+    "stream": {
+        "order": "fixed",  # fixed | random (class order; seeded by stream.order_seed or seed)
+        "order_seed": None,
+    },
+    "model": {
+        "hidden_dim": 512,
+        "logit_scale": 20.0,  # inverse temperature of the cosine similarity to the anchors
+        "anchor_template": "{}",  # text embedded as each class anchor
+    },
+    "train": {
+        "epochs": 5,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "optimizer": "adam",  # adam | sgd
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "reset_optimizer": True,  # new optimiser state at every experience
+    },
+    "eval": {
+        "batch_size": 1024,
+        "future": True,  # also score experiences not yet trained (needed for fwt)
+    },
+    "logging": {
+        "tensorboard": False,
+        "progress": True,
+        "log_every": 20,
+    },
+    "report": True,
+    "cache_dir": None,  # default: $MMCL_CACHE or ~/.cache/mmcl
+    "threads": 0,  # torch intra-op threads; 0 = leave torch's default
+}
+
+#: Keys whose value may differ between a run and its resumption.
+RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads", "cache_dir"}
+
+_CHOICES = {
+    "setting": ("modality", "scenario"),
+    "stream.order": ("fixed", "random"),
+    "train.optimizer": ("adam", "sgd"),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; the CLI prints it as one line and exits with 2."""
+
+
+def cache_dir(cfg: dict | None = None) -> Path:
+    """Where downloaded-nothing, computed-once artefacts (features, anchors) live."""
+    d = (cfg or {}).get("cache_dir") or os.environ.get("MMCL_CACHE") or "~/.cache/mmcl"
+    p = Path(d).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{p}' is a value, not a section (while setting '{key}')")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def find_config(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    close = difflib.get_close_matches(name_or_path, bundled_configs(), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(
+        f"unknown config '{name_or_path}'{hint}; bundled configs: {', '.join(bundled_configs())}"
+    )
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check `value` against the type of `default`; ints are accepted where floats are expected."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:
+        return value
+    raise ConfigError(
+        f"config key '{key}' expects {type(default).__name__} (like {default!r}), got {value!r}"
+    )
+
+
+def _schema_for(cfg: dict) -> dict[str, Any]:
+    """Flat schema: every valid key -> its default, including method and benchmark fields."""
+    from mmcl.data import BENCHMARKS, benchmark_params
+    from mmcl.methods import METHODS, method_hparams
+
+    schema = {k: v for k, v in flatten(BASE).items()}
+    bname = cfg.get("benchmark", {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None
+    mname = cfg.get("method", {}).get("name") if isinstance(cfg.get("method"), dict) else None
+    if bname not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark '{bname}'; available: {', '.join(sorted(BENCHMARKS))}")
+    if mname not in METHODS:
+        raise ConfigError(f"unknown method '{mname}'; available: {', '.join(sorted(METHODS))}")
+    for f in dataclasses.fields(benchmark_params(bname)):
+        schema[f"benchmark.{f.name}"] = _field_default(f)
+    for f in dataclasses.fields(method_hparams(mname)):
+        schema[f"method.{f.name}"] = _field_default(f)
+    return schema
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def validate(cfg: dict) -> dict:
+    """Return the fully resolved config (all defaults filled in) or raise ConfigError."""
+    schema = _schema_for(cfg)
+    flat = flatten(cfg)
+    resolved: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key not in schema:
+            # a section given an empty mapping flattens to the section name itself
+            if isinstance(value, dict) and not value and any(k.startswith(key + ".") for k in schema):
+                continue
+            close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
+            hint = f"; closest valid key: '{close[0]}'" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        resolved[key] = _coerce(key, value, schema[key])
+    for key, choices in _CHOICES.items():
+        if key in resolved and resolved[key] not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {resolved[key]!r}")
+    out: dict = {}
+    for key, default in schema.items():
+        set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
+    return out
+
+
+def load_config(name_or_path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Base defaults <- YAML file (bundled name or path) <- `key=value` overrides; validated."""
+    cfg = copy.deepcopy(BASE)
+    cfg = deep_merge(cfg, read_yaml(find_config(name_or_path or DEFAULT_CONFIG)))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(cfg, key, value)
+    return validate(cfg)
+
+
+def diff_keys(a: dict, b: dict, ignore: set[str] = RESUME_FREE) -> list[str]:
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))

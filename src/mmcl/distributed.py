@@ -1,0 +1,94 @@
+"""torch.distributed glue: the same code runs single-process and under `torchrun`.
+
+Every rank sees the same global batch order (seeded), keeps only its slice of each batch,
+and DDP averages the gradients, so N ranks compute what one process would. Anything a
+method keeps (replay buffers, statistics) is computed identically on every rank from
+seeded generators; `check_replicated` verifies that after every experience.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init() -> bool:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def shard(x):
+    """This rank's contiguous slice of a global batch (a tensor or a dict of tensors)."""
+    if not active():
+        return x
+    if isinstance(x, dict):
+        return {k: shard(v) for k, v in x.items()}
+    return torch.tensor_split(x, world())[rank()]
+
+
+def any_flag(flag: bool) -> bool:
+    """True on every rank if it is True on any rank (used to stop all ranks at the same step)."""
+    if not active():
+        return flag
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(obj):
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def state_digest(state) -> str:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+
+
+def check_replicated(state) -> list[str]:
+    """Digest of `state` on every rank; raises if the ranks disagree."""
+    d = state_digest(state)
+    if not active():
+        return [d]
+    out: list = [None] * world()
+    dist.all_gather_object(out, d)
+    if len(set(out)) != 1:
+        raise RuntimeError(f"method state differs across ranks: {out}")
+    return out
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

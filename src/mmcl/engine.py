@@ -1,0 +1,309 @@
+"""The continual-learning loop: for each experience -> method hooks -> evaluate -> checkpoint.
+
+The engine knows hooks, not methods (see `mmcl.methods.base`). It owns the data order
+(a permutation seeded by (seed, experience, epoch), so a resumed run sees exactly the
+batches an uninterrupted one would), the optimiser, evaluation, checkpoints and timing.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import mmcl
+from mmcl import distributed as dist
+from mmcl.config import ConfigError, diff_keys
+from mmcl.data import build_stream
+from mmcl.methods import METHODS, Method
+from mmcl.metrics import accuracy, summary
+from mmcl.results import EventLog, RunDir
+from mmcl.stream import Stream
+
+MATRICES = {"modality": ("modality_aware", "modality_agnostic")}
+
+
+class Interrupted(Exception):
+    """Raised after state was saved because SIGINT/SIGTERM arrived; carries the exit code."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class Position:
+    """Where training stands: the next (experience, epoch, step) to run."""
+
+    exp: int = 0
+    epoch: int = 0
+    step: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    return {"mmcl": mmcl.__version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
+
+
+def build_method(stream: Stream, cfg: dict) -> Method:
+    cls = METHODS[cfg["method"]["name"]]
+    hp = cls.Hparams(**{k: v for k, v in cfg["method"].items() if k != "name"})
+    return cls(stream, cfg, hp)
+
+
+def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
+    if not params:
+        return None
+    if tcfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+
+
+@torch.no_grad()
+def evaluate(method: Method, stream: Stream, after: int, cfg: dict, progress: bool = False) -> dict[str, list]:
+    """One row per matrix: scores on every experience after training experience `after`.
+
+    Experience j is scored over the classes of experiences 0..max(after, j) (future
+    experiences enter with their own classes, which is what fwt measures); `after=-1` gives
+    the untrained model's scores b[j]. Modality-aware scoring masks out classes of other
+    modalities; modality-agnostic scoring does not.
+    """
+    method.model.eval()
+    aware, agnostic = [], []
+    bs = cfg["eval"]["batch_size"]
+    cls_mod = stream.class_modality
+    for j, exp in enumerate(tqdm(stream, desc="evaluating", leave=False, disable=None if progress else True)):
+        if j > after and after >= 0 and not cfg["eval"]["future"]:
+            aware.append(None)
+            agnostic.append(None)
+            continue
+        n = stream.seen_after(max(after, j))
+        other = torch.tensor([cls_mod[c] != exp.modality for c in range(n)])
+        preds_agn, preds_aw, ys = [], [], []
+        for batch in exp.test.batches(bs):
+            logits = method.predict(batch, n)
+            preds_agn.append(logits.argmax(1))
+            preds_aw.append(logits.masked_fill(other, float("-inf")).argmax(1))
+            ys.append(batch["y"])
+        y = torch.cat(ys)
+        aware.append(accuracy(torch.cat(preds_aw), y))
+        agnostic.append(accuracy(torch.cat(preds_agn), y))
+    method.model.train()
+    return {"modality_aware": aware, "modality_agnostic": agnostic}
+
+
+class Engine:
+    """Runs one config into one run directory, resumably."""
+
+    def __init__(self, cfg: dict, out: str, resume: bool = False):
+        self.cfg = cfg
+        self.resume = resume
+        self.stop_signal: int | None = None
+        dist.init()
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        self.run_dir = RunDir(out, writer=dist.is_main())
+        self.progress = bool(cfg["logging"]["progress"]) and dist.is_main()
+
+    # -- set-up -------------------------------------------------------------------------
+    def _setup(self):
+        cfg = self.cfg
+        seed_everything(cfg["seed"])
+        if dist.is_main():  # rank 0 fills the feature cache first, the others then read it
+            self.stream = build_stream(cfg)
+        dist.barrier()
+        if not dist.is_main():
+            self.stream = build_stream(cfg)
+        seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
+        self.method = build_method(self.stream, cfg)
+        if dist.active() and self.method.trainable_parameters():
+            self.method._train_module = torch.nn.parallel.DistributedDataParallel(
+                self.method.model, broadcast_buffers=False)
+        self.rows = {name: [] for name in MATRICES[cfg["setting"]]}
+        self.baseline: dict[str, list] | None = None
+        self.pos = Position()
+        self.opt_state = None
+        self.opt = None
+        self.timing = {"total_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "train_samples": 0}
+        events_bytes = None
+        state = self.run_dir.load_checkpoint() if self.resume else None
+        if self.resume and state is None:
+            raise ConfigError(f"{self.run_dir.checkpoint_path} does not exist: nothing to resume")
+        if state is not None:
+            self.method.load_state_dict(state["method"])
+            self.rows, self.baseline = state["rows"], state["baseline"]
+            self.pos = Position(**state["position"])
+            self.opt_state = state["optimizer"]
+            self.timing = state["timing"]
+            events_bytes = state["events_bytes"]
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+        else:
+            self.run_dir.write_config(cfg, versions())
+        self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
+        if state is not None:
+            self.events.log("resume", position=vars(self.pos))
+
+    def _checkpoint(self, opt) -> None:
+        self.run_dir.save_checkpoint({
+            "version": 1,
+            "position": vars(self.pos).copy(),
+            "method": self.method.state_dict(),
+            "optimizer": opt.state_dict() if opt is not None else None,
+            "rows": self.rows,
+            "baseline": self.baseline,
+            "timing": dict(self.timing),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "events_bytes": self.events.tell(),
+        })
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        self._setup()  # Ctrl-C during set-up simply aborts: there is nothing to save yet
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.baseline is None:
+                self.baseline = self._evaluate(-1)
+            for i in range(self.pos.exp, len(self.stream)):
+                self._experience(i, t_start)
+                t_start = time.perf_counter()
+            return self._finish(t_start)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _experience(self, i: int, t_start: float) -> None:
+        cfg, method, exp = self.cfg, self.method, self.stream[i]
+        tcfg = cfg["train"]
+        mid = self.pos.exp == i and (self.pos.epoch, self.pos.step) != (0, 0)
+        method.experience = exp
+        if not mid:  # resuming mid-experience: before_experience already ran; its effects are in the state
+            method.before_experience(exp)
+        data = method.training_data(exp)
+        fresh = tcfg["reset_optimizer"] and not mid
+        if fresh or self.opt is None:
+            self.opt = make_optimizer(method.trainable_parameters(), tcfg)
+            if not fresh and self.opt is not None and self.opt_state is not None:
+                self.opt.load_state_dict(self.opt_state)
+        self.opt_state = None
+        bs = tcfg["batch_size"]
+        steps = math.ceil(len(data) / bs) if self.opt is not None else 0
+        self.events.log("experience_start", exp=i, name=exp.name, train_samples=len(data))
+        bar = tqdm(total=steps * tcfg["epochs"], initial=self.pos.epoch * steps + self.pos.step,
+                   desc=f"exp {i + 1}/{len(self.stream)} {exp.name}", disable=None if self.progress else True)
+        t0 = time.perf_counter()
+        for epoch in range(self.pos.epoch, tcfg["epochs"] if steps else 0):
+            g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + i * 1_009 + epoch)
+            order = torch.randperm(len(data), generator=g)
+            for s in range(self.pos.step if epoch == self.pos.epoch else 0, steps):
+                batch = dist.shard(data.take(order[s * bs:(s + 1) * bs]))
+                loss = method.training_loss(batch)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                method.after_backward()
+                self.opt.step()
+                self.timing["train_samples"] += min(bs, len(data) - s * bs)
+                bar.update(1)
+                gstep = epoch * steps + s
+                if gstep % cfg["logging"]["log_every"] == 0:
+                    self.events.log("train", step=gstep, exp=i, epoch=epoch, loss=round(loss.item(), 6))
+                if dist.any_flag(self.stop_signal is not None):
+                    self.pos = Position(i, epoch, s + 1)
+                    self._stop(t0, t_start)
+        bar.close()
+        train_s = time.perf_counter() - t0
+        self.timing["train_s"] += train_s
+        method.after_experience(exp)
+        digests = dist.check_replicated(method.extra_state())
+        self.events.log("experience_end", exp=i, train_s=round(train_s, 4),
+                        samples_per_s=round(len(data) * tcfg["epochs"] / train_s, 1) if train_s > 0 and steps else None,
+                        state_digests=digests)
+        row = self._evaluate(i)
+        for name in self.rows:
+            self.rows[name].append(row[name])
+        self.pos = Position(i + 1, 0, 0)
+        self.timing["total_s"] += time.perf_counter() - t_start
+        self._checkpoint(self.opt)
+        dist.barrier()
+        if dist.any_flag(self.stop_signal is not None):
+            raise Interrupted(self.stop_signal or signal.SIGTERM)
+
+    def _stop(self, t0: float, t_start: float):
+        self.timing["train_s"] += time.perf_counter() - t0
+        self.timing["total_s"] += time.perf_counter() - t_start
+        self._checkpoint(self.opt)
+        self.events.log("interrupted", position=vars(self.pos), signal=self.stop_signal)
+        dist.barrier()
+        raise Interrupted(self.stop_signal or signal.SIGTERM)
+
+    def _evaluate(self, after: int) -> dict[str, list]:
+        """Evaluate on rank 0 only; the other ranks wait."""
+        row = None
+        if dist.is_main():
+            t0 = time.perf_counter()
+            row = evaluate(self.method, self.stream, after, self.cfg, self.progress)
+            dt = time.perf_counter() - t0
+            self.timing["eval_s"] += dt
+            self.events.log("eval", after=after, eval_s=round(dt, 4), **row)
+        return dist.broadcast_object(row)
+
+    def _finish(self, t_start: float) -> dict:
+        self.timing["total_s"] += time.perf_counter() - t_start
+        cfg, stream = self.cfg, self.stream
+        timing = {k: round(v, 4) for k, v in self.timing.items() if k != "train_samples"}
+        timing["samples_per_s"] = round(self.timing["train_samples"] / self.timing["train_s"], 1) \
+            if self.timing["train_s"] > 0 else None
+        metrics = {
+            "setting": cfg["setting"],
+            "benchmark": cfg["benchmark"]["name"],
+            "method": cfg["method"]["name"],
+            "seed": cfg["seed"],
+            "world_size": dist.world(),
+            "experiences": [e.describe(stream.class_names) for e in stream],
+            "matrices": self.rows,
+            "baseline": self.baseline,
+            "summary": {name: summary(A, self.baseline[name]) for name, A in self.rows.items()},
+            "timing": timing,
+            "stream_info": stream.info,
+        }
+        self.run_dir.write_metrics(metrics, [e.name for e in stream])
+        self.events.log("run_end", **timing)
+        self.events.close()
+        if dist.is_main() and cfg["report"]:
+            from mmcl.report import render
+
+            render(self.run_dir.path)
+        dist.barrier()
+        return metrics
+
+
+def run(cfg: dict, out: str, resume: bool = False) -> dict:
+    """Run (or resume) `cfg` into directory `out`; returns metrics.json's content."""
+    if resume:
+        stored = RunDir(out, writer=False).read_config()
+        bad = diff_keys(stored, cfg)
+        if bad:
+            raise ConfigError(f"config differs from the run being resumed in {out} at key '{bad[0]}'")
+    return Engine(cfg, out, resume).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `mmcl run` or `python -m mmcl run`")

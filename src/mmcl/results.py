@@ -1,0 +1,152 @@
+"""The run directory of the results contract (DESIGN.md section 4), written atomically.
+
+Every file is written to a temporary sibling and renamed into place, so a crash or a kill
+never leaves a half-written metrics.json or checkpoint behind.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def matrix_csv(matrix: list[list[float | None]], names: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["after\\on"] + names)
+    for i, row in enumerate(matrix):
+        w.writerow([names[i]] + ["" if v is None else f"{v:.6f}" for v in row])
+    return buf.getvalue()
+
+
+class RunDir:
+    """One run's directory: config, metrics, matrices, events, report, checkpoints."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer  # only rank 0 writes under torchrun
+        if writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    # -- config and metrics -------------------------------------------------------------
+    def write_config(self, cfg: dict, versions: dict) -> None:
+        if self.writer:
+            atomic_write_text(self.path / "config.yaml", yaml.safe_dump({**cfg, "versions": versions}, sort_keys=False))
+
+    def read_config(self) -> dict:
+        p = self.path / "config.yaml"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: not a run directory")
+        cfg = yaml.safe_load(p.read_text())
+        cfg.pop("versions", None)
+        return cfg
+
+    def write_metrics(self, metrics: dict, experience_names: list[str]) -> None:
+        if not self.writer:
+            return
+        atomic_write_text(self.path / "metrics.json", json.dumps(metrics, indent=2))
+        for name, m in metrics["matrices"].items():
+            atomic_write_text(self.path / f"matrix_{name}.csv", matrix_csv(m, experience_names))
+
+    def read_metrics(self) -> dict:
+        p = self.path / "metrics.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist: the run has not finished (try --resume)")
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not valid JSON ({e})") from None
+
+    # -- checkpoints --------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def save_checkpoint(self, state: dict) -> None:
+        if not self.writer:
+            return
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        p = self.checkpoint_path
+        if not p.is_file():
+            return None
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise ValueError(f"{p} is not a readable mmcl checkpoint ({type(e).__name__}: {e})") from None
+
+
+class EventLog:
+    """events.jsonl (always) and TensorBoard scalars (optional); one JSON object per event."""
+
+    def __init__(self, run: RunDir, tensorboard: bool = False, truncate_to: int | None = None):
+        self.path = run.path / "events.jsonl"
+        self.enabled = run.writer
+        self._f = None
+        self._tb = None
+        if not self.enabled:
+            return
+        if truncate_to is not None and self.path.exists():
+            # drop events logged after the checkpoint we resume from: they will be logged again
+            with open(self.path, "r+b") as f:
+                f.truncate(truncate_to)
+        self._f = open(self.path, "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+
+    def log(self, event: str, step: int | None = None, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        self._f.write(json.dumps(rec) + "\n")
+        if self._tb is not None and step is not None:
+            for k, v in fields.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{event}/{k}", v, step)
+
+    def tell(self) -> int:
+        if not self.enabled:
+            return 0
+        self._f.flush()
+        return self.path.stat().st_size
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+        if self._tb is not None:
+            self._tb.close()
