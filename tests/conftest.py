@@ -1,0 +1,59 @@
+"""Shared helpers: tiny configs built in code, run in a temporary cache."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmcl.config import BASE, deep_merge, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # one cache per test session: real encoders' outputs are computed once, never in ~/.cache
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path_factory.getbasetemp() / "mmcl-cache"))
+
+
+def tiny_cfg(method: str = "finetune", **sections) -> dict:
+    """A validated config on the synthetic stream; `sections` are nested overrides."""
+    cfg = copy.deepcopy(BASE)
+    cfg = deep_merge(cfg, {
+        "benchmark": {"name": "synthetic"},
+        "method": {"name": method},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.01},
+        "model": {"hidden_dim": 32},
+        "logging": {"progress": False},
+        "report": False,
+    })
+    return validate(deep_merge(cfg, sections))
+
+
+def write_cfg(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def mmcl_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mmcl", *args]
+
+
+def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run(mmcl_cmd(*args), capture_output=True, text=True, env=env, timeout=600, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"mmcl {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def metrics_without_timing(run_dir: Path) -> dict:
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    m.pop("timing")
+    return m
