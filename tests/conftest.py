@@ -22,12 +22,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path_factory.getbasetemp() / "mmcl-cache"))
 
 
-def tiny_cfg(method: str = "finetune", **sections) -> dict:
+def tiny_cfg(method_name: str = "finetune", /, **sections) -> dict:
     """A validated config on the synthetic stream; `sections` are nested overrides."""
     cfg = copy.deepcopy(BASE)
     cfg = deep_merge(cfg, {
         "benchmark": {"name": "synthetic"},
-        "method": {"name": method},
+        "method": {"name": method_name},
         "train": {"epochs": 3, "batch_size": 16, "lr": 0.01},
         "model": {"hidden_dim": 32},
         "logging": {"progress": False},

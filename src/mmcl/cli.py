@@ -25,15 +25,17 @@ def _run(args) -> int:
         cfg = load_config(args.config, args.overrides)
         if (Path(out) / "metrics.json").exists() and not args.force:
             raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
+    main_rank = True
     try:
         metrics = run(cfg, out, resume=bool(args.resume))
+        main_rank = dist.is_main()
     except Interrupted as e:
         if dist.is_main():
             print(f"\ninterrupted: state saved in {out}; continue with: mmcl run --resume {out}", file=sys.stderr)
         return e.exit_code
     finally:
         dist.cleanup()
-    if dist.is_main():
+    if main_rank:
         print()
         print(text_table(SUMMARY_HEADER, summary_rows(metrics, f"{metrics['benchmark']}/{metrics['method']}")))
         t = metrics["timing"]

@@ -130,8 +130,7 @@ class Engine:
         seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
         self.method = build_method(self.stream, cfg)
         if dist.active() and self.method.trainable_parameters():
-            self.method._train_module = torch.nn.parallel.DistributedDataParallel(
-                self.method.model, broadcast_buffers=False)
+            self.method._train_module = torch.nn.parallel.DistributedDataParallel(self.method.model)
         self.rows = {name: [] for name in MATRICES[cfg["setting"]]}
         self.baseline: dict[str, list] | None = None
         self.pos = Position()
@@ -270,7 +269,7 @@ class Engine:
         cfg, stream = self.cfg, self.stream
         timing = {k: round(v, 4) for k, v in self.timing.items() if k != "train_samples"}
         timing["samples_per_s"] = round(self.timing["train_samples"] / self.timing["train_s"], 1) \
-            if self.timing["train_s"] > 0 else None
+            if self.timing["train_samples"] and self.timing["train_s"] > 0 else None
         metrics = {
             "setting": cfg["setting"],
             "benchmark": cfg["benchmark"]["name"],

@@ -109,7 +109,8 @@ def build(p: AnimalsParams, cfg: dict) -> Stream:
     x, y = load_animal_mnist()
     train_idx, test_idx = split_indices(y, p.train_per_class, p.test_per_class, p.split_seed)
     order = class_order(len(CLASS_NAMES), cfg)  # order[k] = original label of stream class k
-    sel = np.concatenate([np.concatenate([train_idx[c], test_idx[c]]) for c in order])
+    # encode in label order, so every class order (stream.order=random) shares one cache entry
+    sel = np.concatenate([np.concatenate([train_idx[c], test_idx[c]]) for c in range(len(CLASS_NAMES))])
     feats = encode_images(x[sel], p.image_size, cfg)
     # rows of `feats` follow `sel`; find each class's train/test rows in it
     pos = {int(i): r for r, i in enumerate(sel)}

@@ -1,0 +1,43 @@
+"""`torchrun --nproc_per_node=2 -m mmcl run ...` on the CPU (gloo)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tiny_cfg, write_cfg
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not installed")
+def test_two_process_ddp_matches_single_process(tmp_path):
+    cfg = tiny_cfg("er", benchmark={"name": "synthetic", "num_experiences": 3, "train_per_class": 64},
+                   method={"name": "er", "buffer_size": 40})
+    cfg_path = write_cfg(tmp_path / "c.yaml", cfg)
+    run_cli("run", str(cfg_path), "--out", str(tmp_path / "single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(TORCHRUN if TORCHRUN.exists() else "torchrun"), "--standalone", "--nproc_per_node=2",
+                        "-m", "mmcl", "run", str(cfg_path), "--out", str(tmp_path / "ddp")],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # one summary table printed (rank 0 only), one run directory
+    assert p.stdout.count("run directory:") == 1
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    for name in single["matrices"]:
+        for ra, rb in zip(single["matrices"][name], ddp["matrices"][name]):
+            for a, b in zip(ra, rb):
+                assert abs(a - b) <= 0.02, (name, ra, rb)
+    # evaluated once: one eval event per experience (+ the untrained baseline)
+    events = [json.loads(l) for l in (tmp_path / "ddp" / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "eval" for e in events) == 3 + 1
+    # the replay buffer holds the same samples on every rank after every experience
+    ends = [e for e in events if e["event"] == "experience_end"]
+    assert len(ends) == 3
+    for e in ends:
+        assert len(e["state_digests"]) == 2 and e["state_digests"][0] == e["state_digests"][1]
