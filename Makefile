@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first: the CPU wheel on this machine's disk; anything that pulls torch later finds it satisfied.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@# animal-mnist's metadata requires tensorflow, which we never import: --no-deps.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/mmcl run --out $(OUT)
+	$(BIN)/mmcl run --out $(OUT) --force
 
 test: setup
 	$(BIN)/python -m pytest

@@ -39,3 +39,18 @@ def test_run_report_compare(tmp_path, capsys):
 def test_compare_missing_run_is_one_line_error(tmp_path):
     p = run_cli("compare", str(tmp_path / "nope"), check=False)
     assert p.returncode == 2 and "metrics.json does not exist" in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_existing_run_directory_is_protected_and_force_starts_over(tmp_path, capsys):
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_cfg("finetune"))
+    out = str(tmp_path / "R")
+    assert main(["run", str(cfg), "--out", out]) == 0
+    n_events = len((tmp_path / "R" / "events.jsonl").read_text().splitlines())
+    assert main(["run", str(cfg), "--out", out]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    (tmp_path / "R" / "metrics.json").unlink()  # looks like an unfinished run now
+    assert main(["run", str(cfg), "--out", out]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--out", out, "--force"]) == 0
+    # the earlier run's events were removed, not appended to
+    assert len((tmp_path / "R" / "events.jsonl").read_text().splitlines()) == n_events

@@ -23,8 +23,11 @@ def _run(args) -> int:
     else:
         out = args.out or str(Path("runs") / (Path(args.config).stem if args.config else DEFAULT_CONFIG))
         cfg = load_config(args.config, args.overrides)
-        if (Path(out) / "metrics.json").exists() and not args.force:
-            raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
+        if not args.force:
+            if (Path(out) / "metrics.json").exists():
+                raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
+            if RunDir(out, writer=False).checkpoint_path.exists():
+                raise ConfigError(f"{out} holds an unfinished run; continue it with --resume {out}, or pass --force to start over")
     main_rank = True
     try:
         metrics = run(cfg, out, resume=bool(args.resume))

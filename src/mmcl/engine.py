@@ -152,6 +152,7 @@ class Engine:
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
         else:
+            self.run_dir.clear()
             self.run_dir.write_config(cfg, versions())
         self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
         if state is not None:

@@ -61,6 +61,18 @@ class RunDir:
         if writer:
             self.path.mkdir(parents=True, exist_ok=True)
 
+    def clear(self) -> None:
+        """Remove the files of an earlier run in this directory (starting over with --force)."""
+        if not self.writer:
+            return
+        import shutil
+
+        for pattern in ("metrics.json", "matrix_*.csv", "matrix_*.png", "curves.png", "report.html",
+                        "events.jsonl", CHECKPOINT):
+            for f in self.path.glob(pattern):
+                f.unlink()
+        shutil.rmtree(self.path / "tensorboard", ignore_errors=True)
+
     # -- config and metrics -------------------------------------------------------------
     def write_config(self, cfg: dict, versions: dict) -> None:
         if self.writer:
