@@ -8,11 +8,20 @@ OUT    ?= runs/main
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test bench clean
+# Debian packages the embedded mm5 data is made from: speech synthesis and the fortunes quotes.
+DEBS   := espeak-ng fortunes
+
+.PHONY: setup run test bench clean debs
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+debs:
+	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; } || \
+	  { echo "could not install $(DEBS) (run as root, or install them by hand): the mm5 audio and text data need them" >&2; exit 1; }; }
+
+$(STAMP): pyproject.toml Makefile | debs
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first: the CPU wheel on this machine's disk; anything that pulls torch later finds it satisfied.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0

@@ -83,6 +83,33 @@ def _compare(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    """Generate (once) and validate a benchmark's data, then print its manifest."""
+    import json
+
+    from mmcl.data import mm5
+
+    if args.benchmark != "mm5":
+        raise ConfigError(f"mmcl data: only 'mm5' generates data; got '{args.benchmark}'")
+    cfg = load_config("mm5-er", args.overrides)
+    p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
+    rows = []
+    for modality in p.modalities:
+        root, man = mm5.ensure_data(modality, p, cfg)
+        samples, labels, split = mm5.generator(modality).load(root)  # validates every file
+        rows.append([modality, str(len(man["classes"])), str(int((split == 0).sum())), str(int((split == 1).sum())),
+                     f"{man['bytes'] / 1e6:.1f} MB", f"{man['seconds']:.1f}s", man["sha256"][:16], str(root)])
+        if args.json:
+            print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=1))
+        else:
+            print(f"{modality}: {', '.join(man['classes'])}\n  {man['notes']}")
+    from mmcl.report import text_table
+
+    print()
+    print(text_table(["modality", "classes", "train", "test", "size", "generated in", "sha256", "directory"], rows))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmcl", description="multimodal continual learning")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,6 +124,11 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render report.html of a run directory")
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_report)
+    d = sub.add_parser("data", help="generate and validate a benchmark's embedded data; print its manifest")
+    d.add_argument("benchmark", help="mm5")
+    d.add_argument("overrides", nargs="*", help="e.g. benchmark.data_seed=1")
+    d.add_argument("--json", action="store_true", help="print each manifest as JSON")
+    d.set_defaults(fn=_data)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
     c.add_argument("run_dirs", nargs="+")
     c.set_defaults(fn=_compare)

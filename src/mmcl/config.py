@@ -25,11 +25,14 @@ BASE: dict[str, Any] = {
     "benchmark": {"name": "animals"},
     "method": {"name": "finetune"},
     "stream": {
-        "order": "fixed",  # fixed | random (class order; seeded by stream.order_seed or seed)
-        "order_seed": None,
+        "order": "fixed",  # fixed | random: order of classes (animals) or modalities (mm5), seeded
+        "order_seed": None,  # seed of a random order; default: seed
+        "experiences_per_modality": 1,  # mm5: split each modality's classes over this many experiences
     },
     "model": {
-        "hidden_dim": 512,
+        "hidden_dim": 512,  # projection MLP width (feature-vector benchmarks such as animals)
+        "backbone_layers": 1,  # blocks of frozen MiniLM used as the prompted transformer (token benchmarks)
+        "prompt_length": 4,  # learnable prompt tokens prepended to the input tokens
         "logit_scale": 20.0,  # inverse temperature of the cosine similarity to the anchors
         "anchor_template": "{}",  # text embedded as each class anchor
     },
@@ -52,15 +55,14 @@ BASE: dict[str, Any] = {
         "log_every": 20,
     },
     "report": True,
-    "cache_dir": None,  # default: $MMCL_CACHE or ~/.cache/mmcl
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
 }
 
 #: Keys whose value may differ between a run and its resumption.
-RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads", "cache_dir"}
+RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
 
 _CHOICES = {
-    "setting": ("modality", "scenario"),
+    "setting": ("modality",),  # "scenario" arrives with the MLLM setting
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
 }
@@ -71,8 +73,8 @@ class ConfigError(ValueError):
 
 
 def cache_dir(cfg: dict | None = None) -> Path:
-    """Where downloaded-nothing, computed-once artefacts (features, anchors) live."""
-    d = (cfg or {}).get("cache_dir") or os.environ.get("MMCL_CACHE") or "~/.cache/mmcl"
+    """Where computed-once artefacts (generated data, features, anchors) live: $MMCL_CACHE or ~/.cache/mmcl."""
+    d = os.environ.get("MMCL_CACHE") or "~/.cache/mmcl"
     p = Path(d).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p

@@ -12,6 +12,9 @@ from typing import Iterator
 
 import torch
 
+#: the modalities of the modality setting; a sample's modality id `m` indexes this list
+MODALITIES = ["image", "video", "audio", "depth", "text"]
+
 
 class TensorSet:
     """A dataset held as a dict of tensors sharing their first dimension (always has 'y')."""

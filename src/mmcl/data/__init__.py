@@ -44,4 +44,4 @@ def class_order(n: int, cfg: dict) -> list[int]:
 
 
 # built-in benchmarks register themselves on import
-from mmcl.data import animals, synthetic  # noqa: E402,F401
+from mmcl.data import animals, mm5, synthetic  # noqa: E402,F401

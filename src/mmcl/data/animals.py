@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmcl.config import ConfigError, cache_dir
 from mmcl.data import class_order, register_benchmark
@@ -92,12 +91,8 @@ def encode_images(images: np.ndarray, size: int, cfg: dict) -> dict[str, torch.T
     path = cache_dir(cfg) / "features" / f"animals-{key}.safetensors"
 
     def compute():
-        bar = tqdm(total=len(images), desc="encoding images (once)", unit="img",
-                   disable=None if cfg["logging"]["progress"] else True)
-        feats, logits = enc.images_to_features(images, size, progress=bar)
-        bar.close()
-        name_emb = enc.embed_text(enc.imagenet_class_names())
-        return {"x": feats, "zs": enc.zero_shot_text_embedding(logits, name_emb)}
+        feats, logits = enc.images_to_features(images, size, progress=bool(cfg["logging"]["progress"]))
+        return {"x": feats, "zs": enc.zero_shot_text_embedding(logits, enc.imagenet_name_embeddings())}
 
     return cached_tensors(path, compute)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcl.models import TextAlignedClassifier
-from mmcl.stream import Experience, Stream, TensorSet
+from mmcl.stream import MODALITIES, Experience, Stream, TensorSet
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -56,6 +56,11 @@ class Method:
     def build_model(stream: Stream, cfg: dict) -> nn.Module:
         keys = stream.feature_keys
         m = cfg["model"]
+        if "tokens" in keys:  # token features: prompts on the frozen transformer
+            from mmcl.models.prompted import PromptedAligner, frozen_minilm
+
+            return PromptedAligner(MODALITIES, stream[0].train["tokens"].shape[-1], stream.anchors,
+                                   frozen_minilm(m["backbone_layers"]), m["prompt_length"], m["logit_scale"])
         return TextAlignedClassifier(
             in_dim=stream[0].train["x"].shape[1], anchors=stream.anchors, hidden_dim=m["hidden_dim"],
             logit_scale=m["logit_scale"], residual="zs" in keys,
@@ -103,10 +108,19 @@ class Method:
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    def model_state(self) -> dict:
+        """The model's state without frozen pretrained parts (rebuilt from their packages)."""
+        frozen = getattr(self.model, "FROZEN", ())
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith(frozen)}
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "rng": self.rng.get_state(), "extra": self.extra_state()}
+        return {"model": self.model_state(), "rng": self.rng.get_state(), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        frozen = getattr(self.model, "FROZEN", ())
+        bad = [k for k in missing if not k.startswith(frozen)] + list(unexpected)
+        if bad:
+            raise ValueError(f"checkpoint does not match the model: {bad[:3]}")
         self.rng.set_state(state["rng"])
         self.load_extra_state(state["extra"])

@@ -51,26 +51,60 @@ def imagenet_class_names() -> list[str]:
     return IMAGENET_CLASSES.read_text().splitlines()
 
 
-def images_to_features(images: np.ndarray, size: int, batch_size: int = 250, progress=None
+def image_feature_maps(images: np.ndarray, size: tuple[int, int], grid: tuple[int, int] = (1, 1),
+                       batch_size: int = 250, desc: str = "encoding images (once)", progress: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled EfficientNet-Lite0 features (N, 1280) and ImageNet logits (N, 1000).
+    """EfficientNet-Lite0 feature maps pooled to a `grid` of tokens (N, gh*gw, 1280), and ImageNet logits (N, 1000).
 
-    `images` is uint8, (N, H, W) grey or (N, H, W, 3) RGB; resized to `size` x `size`.
+    `images` is uint8, (N, H, W) grey or (N, H, W, 3) RGB; resized to `size` = (height, width).
     """
+    from tqdm.auto import tqdm
+
     net = efficientnet_lite0()
-    feats, logits = [], []
+    tokens, logits = [], []
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True)
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).float()
             x = x[:, None].repeat(1, 3, 1, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            x = (x / 255.0 - 0.5) / 0.5
-            pooled = net.extract_features(x).mean(dim=(2, 3))
-            feats.append(pooled)
-            logits.append(net._fc(pooled))
-            if progress is not None:
-                progress.update(len(x))
-    return torch.cat(feats), torch.cat(logits)
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+            fmap = net.extract_features((x / 255.0 - 0.5) / 0.5)
+            tokens.append(F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2))
+            logits.append(net._fc(fmap.mean(dim=(2, 3))))
+            bar.update(len(x))
+    bar.close()
+    return torch.cat(tokens), torch.cat(logits)
+
+
+def images_to_features(images: np.ndarray, size: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled EfficientNet-Lite0 features (N, 1280) and ImageNet logits (N, 1000)."""
+    tokens, logits = image_feature_maps(images, (size, size), (1, 1), progress=progress)
+    return tokens[:, 0], logits
+
+
+@lru_cache(maxsize=1)
+def imagenet_name_embeddings() -> torch.Tensor:
+    """MiniLM embeddings of the 1000 ImageNet class names (cached on disk)."""
+    from mmcl.config import cache_dir
+    from mmcl.data.cache import cached_tensors, digest
+
+    names = imagenet_class_names()
+    path = cache_dir() / "anchors" / f"{MINILM_ID}-imagenet-{digest(*names)}.safetensors"
+    return cached_tensors(path, lambda: {"e": embed_text(names)})["e"]
+
+
+def text_tokens(texts: list[str], segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MiniLM token embeddings mean-pooled into `segments` contiguous segments (N, segments, 384)
+    (fewer for short texts: the rest are zero), and unit-norm sentence embeddings (N, 384)."""
+    model = minilm()
+    with torch.no_grad():
+        toks = model.encode(list(texts), output_value="token_embeddings", batch_size=128, convert_to_numpy=False)
+        sent = embed_text(texts)
+    out = torch.zeros(len(texts), segments, toks[0].shape[-1])
+    for i, t in enumerate(toks):
+        for k, chunk in enumerate(torch.tensor_split(t.float(), min(segments, len(t)))):
+            out[i, k] = chunk.mean(0)
+    return out, sent
 
 
 def zero_shot_text_embedding(imagenet_logits: torch.Tensor, imagenet_name_emb: torch.Tensor) -> torch.Tensor:
