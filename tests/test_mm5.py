@@ -77,3 +77,18 @@ def test_both_protocols_and_text_zero_shot(tmp_path):
     # after text, image classes compete with text classes only in the agnostic protocol
     assert aware[1][0] >= agn[1][0]
     assert all(aware[i][j] >= agn[i][j] - 1e-9 for i in range(2) for j in range(i + 1))
+
+
+def test_optical_flow_tokens_see_the_direction_of_motion():
+    from mmcl.models.encoders import optical_flow_grid
+
+    rng = np.random.default_rng(0)
+    texture = (rng.random((32, 32)) * 255).astype(np.uint8)
+    frames = np.zeros((2, 8, 64, 64, 3), np.uint8)
+    for t in range(8):
+        frames[0, t, 16:48, 8 + 2 * t:40 + 2 * t] = texture[..., None]  # moving right
+        frames[1, t, 8 + 2 * t:40 + 2 * t, 16:48] = texture[..., None]  # moving down
+    flow = optical_flow_grid(frames, grid=4).reshape(2, 7, 4, 4, 2)
+    fx, fy = flow[..., 0].mean(dim=(1, 2, 3)), flow[..., 1].mean(dim=(1, 2, 3))
+    assert fx[0] > 0.3 and abs(fy[0]) < 0.2 * fx[0]
+    assert fy[1] > 0.3 and abs(fx[1]) < 0.2 * fy[1]

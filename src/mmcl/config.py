@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = "animals-er"
+DEFAULT_CONFIG = "mm5-er"
 
 #: Every key outside `method.*` and `benchmark.*` with its default value (and so its type).
 BASE: dict[str, Any] = {

