@@ -57,7 +57,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from mmcl.data.mm5.common import decode_error, finish_manifest, read_manifest, sample_path
+from mmcl.data.mm5.common import begin, decode_error, finish_manifest, read_manifest, sample_path
+from mmcl.results import atomic_write_bytes
 
 MODALITY = "audio"
 VERSION = "1"
@@ -203,7 +204,7 @@ def load(root: Path) -> tuple[list, np.ndarray, np.ndarray]:
     Returns (samples, labels int64, split int8 with 0 = train, 1 = test).
     """
     root = Path(root)
-    man = read_manifest(root)
+    man = read_manifest(root, MODALITY)
     samples, labels, split = [], [], []
     for entry in man["files"]:
         path = root / entry["path"]
@@ -330,28 +331,19 @@ def _plan(seed: int, train_per_class: int, test_per_class: int) -> list[dict]:
     return jobs
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_class: int = 50) -> dict:
     """Write all clips under `root` plus `root/manifest.json` (last); return the manifest dict."""
     t0 = time.perf_counter()
     if train_per_class < 1 or test_per_class < 1:
         raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, {test_per_class}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "manifest.json").unlink(missing_ok=True)  # a crash below must not leave an old manifest behind
+    root = begin(root)
     exe = _espeak()
     version = _check_voices(exe)
     jobs = _plan(seed, train_per_class, test_per_class)
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:  # map keeps job order; each job is self-contained
         for job, data in zip(jobs, pool.map(lambda j: _render(exe, j), jobs)):
-            _write_atomic(root / job["path"], data)
+            atomic_write_bytes(root / job["path"], data)
     keep = {root / j["path"] for j in jobs}
     for split in ("train", "test"):  # stale clips of an earlier, larger generation
         for word in CLASSES:

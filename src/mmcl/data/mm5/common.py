@@ -9,6 +9,15 @@ from pathlib import Path
 from mmcl.results import atomic_write_text
 
 
+def begin(root: Path) -> Path:
+    """Create `root` and delete an existing root/manifest.json before any sample file is (re)written,
+    so a crash mid-regeneration never leaves an old manifest describing half-rewritten files."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").unlink(missing_ok=True)
+    return root
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -46,11 +55,24 @@ def finish_manifest(root: Path, modality: str, version: str, seed: int, classes:
     return man
 
 
-def read_manifest(root: Path) -> dict:
+def read_manifest(root: Path, modality: str | None = None) -> dict:
+    """root/manifest.json, checked to be a mm5 manifest (of `modality`, if given).
+
+    FileNotFoundError when it is missing, ValueError naming the file when it is not valid JSON,
+    lacks "files" or "classes", or describes another modality.
+    """
     p = Path(root) / "manifest.json"
     if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist")
+        raise FileNotFoundError(f"{p}: manifest not found (run generate() first)")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        man = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(man, dict):
+        raise ValueError(f"{p}: expected a mm5 manifest (a JSON object), got {type(man).__name__}")
+    for key in ("files", "classes"):
+        if not isinstance(man.get(key), list):
+            raise ValueError(f"{p}: expected a mm5 manifest with a {key!r} list, got {man.get(key)!r:.80}")
+    if modality is not None and man.get("modality") != modality:
+        raise ValueError(f"{p}: expected modality {modality!r}, got {man.get('modality')!r}")
+    return man

@@ -32,17 +32,17 @@ as on real depth sensors. ``load`` decodes each file with Pillow into a float32 
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
-import os
 import struct
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from mmcl.data.mm5.common import begin, finish_manifest, read_manifest, sample_path
+from mmcl.results import atomic_write_bytes
 
 MODALITY = "depth"
 VERSION = "1"
@@ -81,12 +81,8 @@ _SPLITS = ("train", "test")
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
-def _slug(name: str) -> str:
-    return name.replace(" ", "_")
-
-
 def _rel_path(split: str, label: int, index: int) -> str:
-    return f"{split}/{_slug(CLASSES[label])}/{index}.png"
+    return sample_path(split, CLASSES[label], index, "png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,14 +203,6 @@ def _encode_png(depth_m: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
@@ -225,12 +213,8 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
     root = Path(root)
     if train_per_class < 0 or test_per_class < 0:
         raise ValueError("train_per_class and test_per_class must be >= 0")
-    root.mkdir(parents=True, exist_ok=True)
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists():            # never leave an old manifest over half-rewritten files
-        manifest_path.unlink()
+    begin(root)
     counts = {"train": train_per_class, "test": test_per_class}
-    blobs: dict[str, bytes] = {}
     r = _Renderer()
     try:
         for label, name in enumerate(CLASSES):   # one mesh load per class
@@ -238,23 +222,11 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
             for split in _SPLITS:
                 for i in range(counts[split]):
                     depth = r.sample(_rng(seed, split, label, i), split)
-                    data = _encode_png(depth)
-                    rel = _rel_path(split, label, i)
-                    _write_atomic(root / rel, data)
-                    blobs[rel] = data
+                    atomic_write_bytes(root / _rel_path(split, label, i), _encode_png(depth))
     finally:
         r.close()
-    files = []
-    h = hashlib.sha256()
-    total = 0
-    for split in _SPLITS:
-        for label in range(len(CLASSES)):
-            for i in range(counts[split]):
-                rel = _rel_path(split, label, i)
-                files.append({"path": rel, "label": label, "split": split})
-                h.update(rel.encode())
-                h.update(blobs[rel])
-                total += len(blobs[rel])
+    files = [{"path": _rel_path(split, label, i), "label": label, "split": split}
+             for split in _SPLITS for label in range(len(CLASSES)) for i in range(counts[split])]
     notes = (
         "Real 3-D object models shipped with pybullet_data (duck, teddy bear, soccer ball, cube, R2-D2 robot, "
         "table, lego brick, tray, race car, mug), labelled by object; the depth maps are synthetic: rendered with "
@@ -267,24 +239,8 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
         "derived seeds and a held-out viewpoint band: train elevations 5-40 deg, test elevations 40-60 deg "
         "(more top-down views never seen in training)."
     )
-    manifest = {
-        "modality": MODALITY,
-        "version": VERSION,
-        "seed": int(seed),
-        "classes": list(CLASSES),
-        "train_per_class": int(train_per_class),
-        "test_per_class": int(test_per_class),
-        "files": files,
-        "counts": {"train": train_per_class * len(CLASSES), "test": test_per_class * len(CLASSES)},
-        "bytes": total,
-        "sha256": h.hexdigest(),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "notes": notes,
-    }
-    tmp = root / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
-    return manifest
+    return finish_manifest(root, MODALITY, VERSION, int(seed), list(CLASSES), int(train_per_class),
+                           int(test_per_class), files, time.perf_counter() - t0, notes)
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -326,15 +282,7 @@ def load(root: Path) -> tuple[list, np.ndarray, np.ndarray]:
     Returns (samples, labels: int64 array, split: int8 array with 0 = train, 1 = test).
     Each sample is a float32 (64, 64) depth map in metres, 0.0 = background."""
     root = Path(root)
-    mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise FileNotFoundError(f"{mpath}: manifest not found (run generate first)")
-    try:
-        man = json.loads(mpath.read_text())
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{mpath}: cannot parse manifest JSON ({e})") from None
-    if man.get("modality") != MODALITY:
-        raise ValueError(f"{mpath}: expected modality {MODALITY!r}, got {man.get('modality')!r}")
+    man = read_manifest(root, MODALITY)
     samples, labels, split = [], [], []
     for f in man["files"]:
         samples.append(_decode(root / f["path"]))

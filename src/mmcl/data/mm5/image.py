@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmcl.data.mm5.common import decode_error, finish_manifest, read_manifest, sample_path
+from mmcl.data.mm5.common import begin, decode_error, finish_manifest, read_manifest, sample_path
 
 MODALITY = "image"
 VERSION = "1"
@@ -26,7 +26,7 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
     from mmcl.data.animals import CLASS_NAMES, load_animal_mnist
 
     t0 = time.perf_counter()
-    root = Path(root)
+    root = begin(root)
     x, y = load_animal_mnist()
     rng = np.random.default_rng(seed)
     files = []
@@ -50,7 +50,7 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
 
 def load(root: Path):
     root = Path(root)
-    man = read_manifest(root)
+    man = read_manifest(root, MODALITY)
     samples, labels, split = [], [], []
     for f in man["files"]:
         p = root / f["path"]

@@ -41,15 +41,15 @@ Layout and decoded format
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+
+from mmcl.data.mm5.common import begin, finish_manifest, read_manifest, sample_path
+from mmcl.results import atomic_write_bytes
 
 MODALITY = "text"
 VERSION = "1"  # bump when generated data would change
@@ -177,13 +177,6 @@ def _package_version() -> str | None:
 # --------------------------------------------------------------------------- generate / load
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_class: int = 50) -> dict:
     """Write all sample files under `root` plus `root/manifest.json`; return the manifest dict."""
     t0 = time.perf_counter()
@@ -206,61 +199,34 @@ def generate(root: Path, seed: int = 0, train_per_class: int = 100, test_per_cla
         chosen["train"][cls] = [qs[i] for i in order[:train_per_class]]
         chosen["test"][cls] = [qs[i] for i in order[train_per_class:]]
 
-    root.mkdir(parents=True, exist_ok=True)
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists():  # never leave an old manifest describing files being rewritten
-        manifest_path.unlink()
-
+    begin(root)  # after the checks above: a request that cannot be met leaves the old data alone
     files: list[dict] = []
-    h = hashlib.sha256()
-    total = 0
     for split in ("train", "test"):
         for label, cls in enumerate(CLASSES):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
             for i, q in enumerate(chosen[split][cls]):
-                rel = f"{split}/{cls}/{i}.txt"
-                data = (q + "\n").encode("utf-8")
-                _write_atomic(root / rel, data)
-                h.update(rel.encode("utf-8"))
-                h.update(data)
-                total += len(data)
+                rel = sample_path(split, cls, i, "txt")
+                atomic_write_bytes(root / rel, (q + "\n").encode("utf-8"))
                 files.append({"path": rel, "label": label, "split": split})
 
-    manifest = {
-        "modality": MODALITY,
-        "version": VERSION,
-        "seed": int(seed),
-        "classes": list(CLASSES),
-        "train_per_class": int(train_per_class),
-        "test_per_class": int(test_per_class),
-        "files": files,
-        "counts": {"train": train_per_class * len(CLASSES), "test": test_per_class * len(CLASSES)},
-        "bytes": total,
-        "sha256": h.hexdigest(),
-        "source": {
-            "package": FORTUNES_PACKAGE,
-            "package_version": _package_version(),
-            "directory": str(FORTUNES_DIR),
-            "class_files": {cls: str(FORTUNES_DIR / f) for cls, f in _SOURCES.items()},
-            "available_quotes": {cls: len(quotes[cls]) for cls in CLASSES},
-        },
-        "notes": (
-            "Real data: every sample is a real, human-written English quotation from the topic files "
-            f"of the Debian package '{FORTUNES_PACKAGE}'; its label is the topic file it comes from "
-            "(the curators' grouping, real but noisy). Nothing is synthetic: generation only cleans the "
-            "quotes (overstriking and '-- Author' attribution lines removed, whitespace collapsed, "
-            f"{MIN_CHARS}-{MAX_CHARS} characters, duplicates and quotes shared between topics dropped) "
-            "and copies a seeded, class-balanced selection into one UTF-8 .txt file per sample to keep "
-            "the per-sample-file interface of mm5. Train and test are disjoint sets of quotations drawn "
-            "from the same topics: the test split holds out unseen sentences of known topics."
-        ),
+    source = {
+        "package": FORTUNES_PACKAGE,
+        "package_version": _package_version(),
+        "directory": str(FORTUNES_DIR),
+        "class_files": {cls: str(FORTUNES_DIR / f) for cls, f in _SOURCES.items()},
+        "available_quotes": {cls: len(quotes[cls]) for cls in CLASSES},
     }
-    manifest["seconds"] = round(time.perf_counter() - t0, 4)
-    tmp = manifest_path.with_name("manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, manifest_path)
-    return manifest
+    notes = (
+        "Real data: every sample is a real, human-written English quotation from the topic files "
+        f"of the Debian package '{FORTUNES_PACKAGE}'; its label is the topic file it comes from "
+        "(the curators' grouping, real but noisy). Nothing is synthetic: generation only cleans the "
+        "quotes (overstriking and '-- Author' attribution lines removed, whitespace collapsed, "
+        f"{MIN_CHARS}-{MAX_CHARS} characters, duplicates and quotes shared between topics dropped) "
+        "and copies a seeded, class-balanced selection into one UTF-8 .txt file per sample to keep "
+        "the per-sample-file interface of mm5. Train and test are disjoint sets of quotations drawn "
+        "from the same topics: the test split holds out unseen sentences of known topics."
+    )
+    return finish_manifest(root, MODALITY, VERSION, int(seed), list(CLASSES), int(train_per_class),
+                           int(test_per_class), files, time.perf_counter() - t0, notes, source=source)
 
 
 def _decode(path: Path) -> str:
@@ -286,17 +252,9 @@ def load(root: Path) -> tuple[list, np.ndarray, np.ndarray]:
     Returns (samples: list[str], labels: int64 array, split: int8 array with 0 = train, 1 = test).
     """
     root = Path(root)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found (run generate() first)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entries = manifest["files"]
-        n_classes = len(manifest["classes"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{manifest_path}: expected a mm5 manifest JSON with 'files' and 'classes' ({e})") from None
-    if manifest.get("modality") != MODALITY:
-        raise ValueError(f"{manifest_path}: expected modality {MODALITY!r}, got {manifest.get('modality')!r}")
+    manifest = read_manifest(root, MODALITY)
+    entries = manifest["files"]
+    n_classes = len(manifest["classes"])
 
     samples: list[str] = []
     labels = np.empty(len(entries), dtype=np.int64)
