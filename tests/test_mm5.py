@@ -92,3 +92,16 @@ def test_optical_flow_tokens_see_the_direction_of_motion():
     fx, fy = flow[..., 0].mean(dim=(1, 2, 3)), flow[..., 1].mean(dim=(1, 2, 3))
     assert fx[0] > 0.3 and abs(fy[0]) < 0.2 * fx[0]
     assert fy[1] > 0.3 and abs(fx[1]) < 0.2 * fy[1]
+
+
+def test_mmcl_data_generates_validates_and_prints_the_manifest(capsys):
+    from mmcl.cli import main
+
+    args = ["data", "mm5", "benchmark.modalities=[image,text]", "benchmark.train_per_class=4",
+            "benchmark.test_per_class=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "image: cat, dog, cow, horse, sheep, bird" in out and "Animal-MNIST" in out
+    table = out[out.index("modality "):].splitlines()
+    assert table[2].split()[:4] == ["image", "6", "24", "12"] and table[3].split()[0] == "text"
+    assert main(["data", "animals"]) == 2
