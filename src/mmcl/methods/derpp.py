@@ -1,0 +1,177 @@
+"""`derpp`: DER++, dark experience replay with labels.
+
+Reference: Buzzega, Boschini, Porrello, Abati, Calderara, "Dark Experience for General Continual
+Learning: a Strong, Simple Baseline", NeurIPS 2020.
+
+A reservoir memory keeps inputs, labels and the logits the model produced for them when they were
+stored. Every training step adds two replay terms to the cross-entropy of the current batch:
+
+    loss = CE(f(x), y) + alpha * MSE(f(x'), z') + beta * CE(f(x''), y'')
+
+where (x', z') and (x'', y'') are two independent batches drawn from the memory. Matching the stored
+logits ("dark knowledge") preserves the old responses over all classes; the label term (the "++")
+corrects stored logits that were wrong or are stale.
+
+Adapted to this setting:
+- Class-incremental with a growing label set: logits are over the classes seen so far
+  (`self.num_seen`), so a stored sample's logits cover only the classes seen when it was stored.
+  They are kept zero-padded to the stream's total number of classes, together with the number of
+  valid columns per sample; the MSE is the mean over valid entries only (the paper's plain mean
+  when all widths agree). The label CE is over all classes seen so far, like the current batch's.
+- Insertion: the paper offers every training batch to the reservoir at the step it is trained on,
+  with the logits of that forward pass. Here `training_loss` only sees this rank's shard of a batch,
+  so insertion happens in `after_experience` instead: the experience's training samples are offered
+  once each to the same reservoir sampler (Vitter's algorithm R, the paper's), drawing from
+  `self.rng`, and the accepted samples are stored with the logits of the model at the end of the
+  experience (computed on rank 0 and broadcast, so every rank holds a bit-identical memory).
+  Consequences: stored logits are end-of-experience responses rather than mid-training ones; each
+  sample is offered once, not once per epoch (the memory is still a uniform sample of all training
+  samples seen so far); and the memory is empty during the first experience and holds only past
+  experiences afterwards (in the paper it also holds current-experience samples), so the replay
+  terms act from the second experience on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mmcl import distributed as dist
+from mmcl.methods.base import Method, register
+from mmcl.stream import TensorSet
+
+
+class LogitReservoir:
+    """A reservoir sample (algorithm R) of at most `capacity` stream samples, with stored logits.
+
+    `data` holds the samples' fields, 'y', 'logits' (N, num_classes; zero beyond the valid columns)
+    and 'n_logits' (N,; the number of valid logit columns). `seen` counts the samples offered so
+    far, which is what makes every sample ever offered equally likely to be in the memory.
+    """
+
+    def __init__(self, capacity: int, num_classes: int):
+        if capacity < 0:
+            raise ValueError(f"derpp buffer_size must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.num_classes = num_classes
+        self.seen = 0
+        self.data = TensorSet.empty()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def plan(self, n_new: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offer `n_new` samples in order; returns (slots, picked): new sample picked[i] goes to slots[i].
+
+        The first offers fill the free slots; after that, the sample offered when `k` samples have
+        been seen replaces slot j ~ U{0..k} if j < capacity (a later offer overwrites an earlier one).
+        """
+        room = max(0, min(self.capacity - len(self), n_new))
+        where = {len(self) + i: i for i in range(room)}  # slot -> index among the new samples
+        rest = torch.arange(room, n_new)
+        before = self.seen + rest  # samples seen before each offer
+        j = (torch.rand(len(rest), generator=generator, dtype=torch.float64) * (before + 1)).long()
+        hit = j < self.capacity
+        for i, s in zip(rest[hit].tolist(), j[hit].tolist()):
+            where[s] = i
+        self.seen += n_new
+        slots = torch.tensor(sorted(where), dtype=torch.long)
+        return slots, torch.tensor([where[s] for s in slots.tolist()], dtype=torch.long)
+
+    def write(self, slots: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
+        """Put `rows` (fields, 'y', 'logits', 'n_logits') into `slots`, growing the memory as needed."""
+        if not len(slots):
+            return
+        size = max(len(self), int(slots.max()) + 1)
+        if len(self) and set(rows) != set(self.data.keys()):
+            raise ValueError(f"memory fields {sorted(self.data.keys())} differ from new rows {sorted(rows)}")
+        out = {}
+        for k, v in rows.items():
+            old = self.data[k] if len(self) else v[:0]
+            t = torch.cat([old, v.new_zeros((size - len(old), *v.shape[1:]))])
+            t[slots] = v
+            out[k] = t
+        self.data = TensorSet(out)
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`n` distinct memory samples (fewer if the memory is smaller), uniformly at random."""
+        idx = torch.randperm(len(self), generator=generator)[: min(n, len(self))]
+        return self.data.take(idx)
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "num_classes": self.num_classes, "seen": self.seen,
+                "data": dict(self.data.tensors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity, self.num_classes, self.seen = state["capacity"], state["num_classes"], state["seen"]
+        self.data = TensorSet(dict(state["data"]))
+
+
+@register("derpp")
+class DERpp(Method):
+    @dataclass
+    class Hparams:
+        buffer_size: int = 200  # memory size in samples (reservoir over the whole stream)
+        alpha: float = 0.1  # weight of the logit-matching (MSE) term on a memory batch
+        beta: float = 0.5  # weight of the label (CE) term on a second memory batch
+        replay_batch_size: int = 0  # samples per memory batch (each of the two); 0 = the training batch size
+
+    def __init__(self, stream, cfg, hp):
+        super().__init__(stream, cfg, hp)
+        self.memory = LogitReservoir(hp.buffer_size, len(stream.class_names))
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The unweighted terms: 'ce' (current batch) and, once the memory is non-empty, 'mse' and 'replay_ce'."""
+        n = self.num_seen
+        if not len(self.memory):
+            return {"ce": F.cross_entropy(self.model.logits(self.net(batch), n), batch["y"])}
+        size = self.hp.replay_batch_size or self.cfg["train"]["batch_size"]
+        # two independent global draws, identical on every rank; each rank keeps its share
+        mem_z = dist.shard(self.memory.sample(size, self.rng))
+        mem_y = dist.shard(self.memory.sample(size, self.rng))
+        joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
+        logits = self.model.logits(self.net(joint), n)
+        cur, out_z, out_y = logits.split([len(batch["y"]), len(mem_z["y"]), len(mem_y["y"])])
+        zero = logits.sum() * 0.0  # an empty shard contributes nothing (but stays in the graph)
+        # stored logits cover the classes seen when stored: compare those columns only
+        valid = torch.arange(n) < mem_z["n_logits"][:, None]
+        sq = (out_z - mem_z["logits"][:, :n]).pow(2)[valid]
+        return {
+            "ce": F.cross_entropy(cur, batch["y"]),
+            "mse": sq.mean() if sq.numel() else zero,
+            "replay_ce": F.cross_entropy(out_y, mem_y["y"]) if len(out_y) else zero,
+        }
+
+    def training_loss(self, batch):
+        t = self.loss_terms(batch)
+        if "mse" not in t:
+            return t["ce"]
+        return t["ce"] + self.hp.alpha * t["mse"] + self.hp.beta * t["replay_ce"]
+
+    def after_experience(self, exp):
+        slots, picked = self.memory.plan(len(exp.train), self.rng)
+        rows = exp.train.take(picked)
+        rows["logits"], rows["n_logits"] = self._current_logits(rows)
+        self.memory.write(slots, rows)
+
+    @torch.no_grad()
+    def _current_logits(self, rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's logits over the classes seen so far, zero-padded to all classes; and their width."""
+        n, count = self.num_seen, len(rows["y"])
+        out = torch.zeros(count, self.memory.num_classes)
+        was_training = self.model.training
+        self.model.eval()
+        bs = self.cfg["eval"]["batch_size"]
+        for s in range(0, count, bs):
+            part = {k: v[s:s + bs] for k, v in rows.items()}
+            out[s:s + bs, :n] = self.model.logits(self.model(part), n)
+        self.model.train(was_training)
+        out = dist.broadcast_object(out)  # rank 0's values everywhere: the memory is bit-identical
+        return out, torch.full((count,), n, dtype=torch.long)
+
+    def extra_state(self):
+        return {"memory": self.memory.state_dict()}
+
+    def load_extra_state(self, state):
+        self.memory.load_state_dict(state["memory"])
