@@ -57,3 +57,15 @@ def metrics_without_timing(run_dir: Path) -> dict:
     m = json.loads((Path(run_dir) / "metrics.json").read_text())
     m.pop("timing")
     return m
+
+
+def tiny_token_cfg(method_name: str = "finetune", /, **sections) -> dict:
+    """A validated config on a tiny synthetic *token* stream (prompted frozen-MiniLM model).
+
+    Three experiences of two classes each, in three modalities (image, audio, depth), so
+    prompt-selection and modality-relevance behaviour can be tested in seconds.
+    """
+    bench = {"name": "synthetic", "tokens": 4, "dim": 16, "modalities": ["image", "audio", "depth"],
+             "train_per_class": 40, "test_per_class": 20}
+    bench.update(sections.pop("benchmark", {}))
+    return tiny_cfg(method_name, benchmark=bench, **sections)

@@ -48,6 +48,9 @@ BASE: dict[str, Any] = {
     "eval": {
         "batch_size": 1024,
         "future": True,  # also score experiences not yet trained (needed for fwt)
+        "split": "test",  # test | validation: score on the test split, or on a seeded per-class
+        #                   hold-out of the training split (for choosing hyper-parameters)
+        "val_fraction": 0.2,  # share of every class's training samples held out when split=validation
     },
     "logging": {
         "tensorboard": False,
@@ -65,6 +68,7 @@ _CHOICES = {
     "setting": ("modality",),  # "scenario" arrives with the MLLM setting
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
+    "eval.split": ("test", "validation"),
 }
 
 

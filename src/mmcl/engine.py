@@ -79,7 +79,9 @@ def evaluate(method: Method, stream: Stream, after: int, cfg: dict, progress: bo
     Experience j is scored over the classes of experiences 0..max(after, j) (future
     experiences enter with their own classes, which is what fwt measures); `after=-1` gives
     the untrained model's scores b[j]. Modality-aware scoring masks out classes of other
-    modalities; modality-agnostic scoring does not.
+    modalities; modality-agnostic scoring does not. A method with modality-specific
+    parameters (`uses_known_modality`) is asked twice: once without the modality (agnostic;
+    it must infer whatever it needs from the sample) and once with it (aware).
     """
     method.model.eval()
     aware, agnostic = [], []
@@ -96,6 +98,8 @@ def evaluate(method: Method, stream: Stream, after: int, cfg: dict, progress: bo
         for batch in exp.test.batches(bs):
             logits = method.predict(batch, n)
             preds_agn.append(logits.argmax(1))
+            if method.uses_known_modality:  # modality-specific parameters, allowed only when aware
+                logits = method.predict(batch, n, known_modality=True)
             preds_aw.append(logits.masked_fill(other, float("-inf")).argmax(1))
             ys.append(batch["y"])
         y = torch.cat(ys)

@@ -29,7 +29,38 @@ def build_stream(cfg: dict) -> Stream:
     name = b.pop("name")
     params_cls, build = BENCHMARKS[name]
     fields = {f.name for f in dataclasses.fields(params_cls)}
-    return build(params_cls(**{k: v for k, v in b.items() if k in fields}), cfg)
+    stream = build(params_cls(**{k: v for k, v in b.items() if k in fields}), cfg)
+    if cfg["eval"]["split"] == "validation":
+        stream = validation_stream(stream, cfg["eval"]["val_fraction"], cfg["seed"])
+    return stream
+
+
+def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
+    """The same stream with every experience's test split replaced by held-out training data.
+
+    Per class, a seeded `fraction` of the training samples becomes the evaluation set and is
+    removed from training; the test split is dropped, so nothing chosen on this stream has
+    seen it. Used to choose hyper-parameters (`eval.split=validation`).
+    """
+    import torch
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"eval.val_fraction must be in (0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(int(seed) + 104729)
+    exps = []
+    for e in stream:
+        y = e.train["y"]
+        keep, held = [], []
+        for c in e.classes:
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            k = max(1, round(len(idx) * fraction))
+            held.append(idx[:k])
+            keep.append(idx[k:])
+        keep, held = torch.cat(keep).sort().values, torch.cat(held).sort().values
+        exps.append(dataclasses.replace(e, train=e.train.subset(keep), test=e.train.subset(held)))
+    info = {**stream.info, "split": "validation", "val_fraction": fraction}
+    return dataclasses.replace(stream, experiences=exps, info=info)
 
 
 def class_order(n: int, cfg: dict) -> list[int]:

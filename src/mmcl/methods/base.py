@@ -6,7 +6,16 @@ Hooks, in the order the engine calls them for every experience:
   training_loss(batch)        the loss of one batch (this rank's shard under torchrun)
   after_backward()            after gradients exist, before the optimiser step
   after_experience(exp)       consolidation: buffers, statistics, snapshots
-  predict(batch, n)           logits over the first n classes (evaluation)
+  predict(batch, n, known_modality=False)
+                              logits over the first n classes (evaluation)
+
+The two protocols. In `batch`, "m" is the sample's input modality (which encoder made its
+tokens; per-modality input projections use it, as a real system knows an audio file from an
+image). What the modality-agnostic protocol hides is the *task*: which classes and which
+modality-specific learned parameters (prompts, experts) apply. A method that picks such
+parameters sets `uses_known_modality = True`; the engine then calls `predict` with
+`known_modality=False` for the agnostic protocol (the method must infer the choice from the
+sample) and with `known_modality=True` for the aware one (it may read batch["m"]).
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ class Method:
     """Base class: plain fine-tuning behaviour for every hook."""
 
     name = "base"
+    #: predict() picks modality-specific parameters when told the modality (see module doc)
+    uses_known_modality = False
 
     @dataclass
     class Hparams:
@@ -97,7 +108,7 @@ class Method:
         pass
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+    def predict(self, batch: dict[str, torch.Tensor], num_classes: int, known_modality: bool = False) -> torch.Tensor:
         return self.model.logits(self.model(batch), num_classes)
 
     # -- state --------------------------------------------------------------------------
