@@ -204,7 +204,7 @@ class Engine:
         data = method.training_data(exp)
         fresh = tcfg["reset_optimizer"] and not mid
         if fresh or self.opt is None:
-            self.opt = make_optimizer(method.trainable_parameters(), tcfg)
+            self.opt = make_optimizer(method.param_groups(), tcfg)
             if not fresh and self.opt is not None and self.opt_state is not None:
                 self.opt.load_state_dict(self.opt_state)
         self.opt_state = None

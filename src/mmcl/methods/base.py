@@ -85,6 +85,12 @@ class Method:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def param_groups(self) -> list:
+        """What the optimiser of the current experience trains: parameters, or torch param-group
+        dicts (e.g. {"params": [...], "lr": 1e-4}) for per-group learning rates. Called at the
+        start of every experience (after `before_experience`)."""
+        return self.trainable_parameters()
+
     @property
     def num_seen(self) -> int:
         """Classes introduced up to and including the current experience."""
