@@ -1,4 +1,4 @@
-"""`mmcl run | list | report | compare`: the command line."""
+"""`mmcl run | list | report | compare | sweep | data`: the command line."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from mmcl.sweep import Sweep, read_spec
+
+    spec = read_spec(args.spec)
+    res = Sweep(spec, args.out, jobs=args.jobs).run()
+    from mmcl.sweep import markdown
+
+    print()
+    print(markdown(res))
+    print(f"results: {Path(args.out) / 'results.md'}")
+    return 0
+
+
 def _data(args) -> int:
     """Generate (once) and validate a benchmark's data, then print its manifest."""
     import json
@@ -129,6 +142,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="e.g. benchmark.data_seed=1")
     d.add_argument("--json", action="store_true", help="print each manifest as JSON")
     d.set_defaults(fn=_data)
+    sw = sub.add_parser("sweep", help="methods x seeds with hyper-parameters chosen on validation data; one table")
+    sw.add_argument("spec", help="bundled sweep name (e.g. mm5) or a sweep YAML path")
+    sw.add_argument("--out", required=True, help="sweep directory (runs, tuning.json, results.md)")
+    sw.add_argument("--jobs", type=int, default=1, help="runs in parallel (each run's threads: spec overrides)")
+    sw.set_defaults(fn=_sweep)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
     c.add_argument("run_dirs", nargs="+")
     c.set_defaults(fn=_compare)

@@ -174,6 +174,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e5" or "1e-05" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif isinstance(default, str):
         if isinstance(value, str):
             return value

@@ -110,6 +110,9 @@ class LogitReservoir:
 
 @register("derpp")
 class DERpp(Method):
+    #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
+    search_space = {"alpha": [0.1, 0.3, 1.0]}
+
     @dataclass
     class Hparams:
         buffer_size: int = 200  # memory size in samples (reservoir over the whole stream)

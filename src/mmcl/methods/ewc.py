@@ -53,6 +53,9 @@ from mmcl.stream import TensorSet
 
 @register("ewc")
 class EWC(Method):
+    #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
+    search_space = {"ewc_lambda": [1e4, 1e5, 1e6]}
+
     @dataclass
     class Hparams:
         ewc_lambda: float = 1e5  # weight lambda of the quadratic penalty lambda/2 * sum F (theta - theta*)^2

@@ -38,6 +38,9 @@ from mmcl.methods.base import Method, register
 
 @register("lwf")
 class LwF(Method):
+    #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
+    search_space = {"alpha": [0.5, 1.0, 2.0]}
+
     @dataclass
     class Hparams:
         alpha: float = 1.0  # weight of the distillation term (the paper's lambda_o)

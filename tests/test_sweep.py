@@ -1,0 +1,107 @@
+"""`mmcl sweep`: tuning on validation data only, runs x seeds, one table, reuse of finished runs."""
+import json
+
+import pytest
+import yaml
+
+from mmcl.config import ConfigError
+from mmcl.sweep import Sweep, read_spec
+from tests.conftest import run_cli
+
+TINY = {"benchmark": {"name": "synthetic", "num_experiences": 2, "train_per_class": 30, "test_per_class": 10},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.01}, "model": {"hidden_dim": 16}}
+
+
+def _spec(tmp_path):
+    for m in ("finetune", "lwf"):
+        (tmp_path / f"tiny-{m}.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": m}}))
+    spec = {"seeds": [0, 1], "runs": [
+        {"name": "finetune", "config": str(tmp_path / "tiny-finetune.yaml")},
+        {"name": "lwf", "config": str(tmp_path / "tiny-lwf.yaml")},
+        {"name": "lwf T=4", "config": str(tmp_path / "tiny-lwf.yaml"), "overrides": ["method.temperature=4"],
+         "tune_as": "lwf"}],
+        "tables": {"main": ["finetune", "lwf"], "ablation": ["lwf", "lwf T=4"]}}
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_sweep_tunes_on_validation_and_aggregates_seeds(tmp_path):
+    out = tmp_path / "sweep"
+    res = Sweep(read_spec(str(_spec(tmp_path))), out, quiet=True, in_process=True).run()
+    # lwf's three alpha candidates ran on the validation split at the first seed, nothing else was tuned
+    tuned = sorted(p.name for p in (out / "tune" / "lwf").iterdir() if p.is_dir())
+    assert tuned == ["alpha=0.5", "alpha=1.0", "alpha=2.0"]
+    for d in (out / "tune" / "lwf").iterdir():
+        if d.is_dir():
+            m = json.loads((d / "metrics.json").read_text())
+            assert m["stream_info"]["split"] == "validation" and m["seed"] == 0
+    t = json.loads((out / "tuning.json").read_text())
+    best = max(t["lwf"]["scores"], key=t["lwf"]["scores"].get)
+    assert float(best) == t["lwf"]["value"] and t["lwf T=4"]["inherited_from"] == "lwf"
+    assert "finetune" not in t  # no search space: no tuning runs
+    # final runs: every run x seed on the test split, with the chosen value
+    for name in ("finetune", "lwf", "lwf_T_4"):
+        for s in (0, 1):
+            m = json.loads((out / "runs" / name / f"seed{s}" / "metrics.json").read_text())
+            assert m["seed"] == s and "split" not in m["stream_info"]
+    cfg = yaml.safe_load((out / "runs" / "lwf_T_4" / "seed0" / "config.yaml").read_text())
+    assert cfg["method"]["alpha"] == t["lwf"]["value"] and cfg["method"]["temperature"] == 4.0
+    # the table's numbers are the mean and std of the per-seed metrics
+    vals = [json.loads((out / "runs" / "lwf" / f"seed{s}" / "metrics.json").read_text())
+            ["summary"]["modality_agnostic"]["last_acc"] for s in (0, 1)]
+    agg = res["runs"]["lwf"]["modality_agnostic"]["last_acc"]
+    assert agg["mean"] == pytest.approx(sum(vals) / 2)
+    assert agg["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    md = (out / "results.md").read_text()
+    assert "### main" in md and "### ablation" in md and f"{agg['mean']:.3f} ± {agg['std']:.3f}" in md
+
+
+def test_sweep_reuses_finished_runs_and_reruns_changed_ones(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    out = tmp_path / "sweep"
+    Sweep(read_spec(str(spec)), out, quiet=True, in_process=True).run()
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    Sweep(read_spec(str(spec)), out, in_process=True).run()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamp
+    assert "seed0  " not in capsys.readouterr().out  # nothing re-ran
+    # a changed config re-runs what it changes
+    (tmp_path / "tiny-finetune.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": "finetune"}, "seed": 0,
+                                                                 "train": {**TINY["train"], "lr": 0.02}}))
+    Sweep(read_spec(str(spec)), out, quiet=True, in_process=True).run()
+    assert (out / "runs" / "finetune" / "seed0" / "metrics.json").stat().st_mtime_ns != \
+        stamp[out / "runs" / "finetune" / "seed0" / "metrics.json"]
+    assert (out / "runs" / "lwf" / "seed0" / "metrics.json").stat().st_mtime_ns == \
+        stamp[out / "runs" / "lwf" / "seed0" / "metrics.json"]
+
+
+def test_bad_specs_are_one_line_errors(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": [{"name": "a", "config": "mm5-finetune"}], "sedes": [0]}))
+    with pytest.raises(ConfigError, match="unknown key 'sedes'"):
+        read_spec(str(p))
+    p.write_text(yaml.safe_dump({"runs": [{"name": "a", "config": "mm5-finetune", "overrides": ["train.lrr=1"]}]}))
+    with pytest.raises(ConfigError, match="train.lrr"):
+        read_spec(str(p))
+    p.write_text(yaml.safe_dump({"runs": [{"name": "a", "config": "mm5-finetune"}], "tables": {"t": ["b"]}}))
+    with pytest.raises(ConfigError, match="unknown run 'b'"):
+        read_spec(str(p))
+    r = run_cli("sweep", "no-such-sweep", "--out", str(tmp_path / "o"), check=False)
+    assert r.returncode == 2 and "no-such-sweep" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bundled_mm5_sweep_spec_is_valid():
+    spec = read_spec("mm5")
+    assert spec.seeds == [0, 1, 2]
+    names = {r.name for r in spec.runs}
+    assert {"finetune", "joint", "zeroshot", "er", "ewc", "lwf", "derpp"} <= names
+
+
+def test_cli_sweep_runs_processes_in_parallel_and_prints_the_table(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": "finetune"}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0, 1], "runs": [{"name": "ft", "config": str(tmp_path / "tiny.yaml")}]}))
+    r = run_cli("sweep", str(spec), "--out", str(tmp_path / "o"), "--jobs", "2")
+    assert "| ft |" in r.stdout and (tmp_path / "o" / "results.md").exists()
+    a, b = (json.loads((tmp_path / "o" / "runs" / "ft" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1))
+    assert (a["seed"], b["seed"]) == (0, 1)
