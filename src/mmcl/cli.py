@@ -93,6 +93,12 @@ def _sweep(args) -> int:
     print()
     print(markdown(res))
     print(f"results: {Path(args.out) / 'results.md'}")
+    if args.doc:
+        from mmcl.sweep import write_doc
+
+        cmd = f"mmcl sweep {args.spec} --out {args.out} --jobs {args.jobs} --doc {args.doc}"
+        write_doc(args.doc, markdown(res), cmd)
+        print(f"tables written into {args.doc}")
     return 0
 
 
@@ -146,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("spec", help="bundled sweep name (e.g. mm5) or a sweep YAML path")
     sw.add_argument("--out", required=True, help="sweep directory (runs, tuning.json, results.md)")
     sw.add_argument("--jobs", type=int, default=1, help="runs in parallel (each run's threads: spec overrides)")
+    sw.add_argument("--doc", help="markdown file whose generated-tables section is replaced by the tables")
     sw.set_defaults(fn=_sweep)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
     c.add_argument("run_dirs", nargs="+")

@@ -122,6 +122,7 @@ def test_alignment_changes_only_the_head_and_uses_no_stored_samples():
     for e in stream:
         e.train = TensorSet.empty()
         e.test = TensorSet.empty()
+    m.model.zero_grad(set_to_none=True)
     before = _params(m)
     loss = m.align(stream.seen_after(1), 2)
     after = _params(m)
