@@ -21,8 +21,8 @@ As published:
       ortho_mu * (||K K^T - I||^2 + ||A A^T - I||^2 + ||P P^T - I||^2)     (means over entries,
   over the components in use, P flattened per component) adds to the loss. ortho_mu = 0 is the
   released configs' value ("with updated code, now can be 0"), i.e. the initialisation alone.
-- M = 100, L = 8 (the paper's defaults); CE with earlier classes masked out as in the released code
-  (`train_mask`).
+- M = 100, L = 8 (the paper's defaults); CE over the current experience's classes only, earlier
+  classes masked out as in the released code (`train_mask`, see `prompting`).
 
 Adapted here:
 - Placement. The paper prefix-tunes blocks 1-5 (each component's L tokens split into keys and
@@ -67,7 +67,7 @@ class CodaPrompt(PromptPoolMethod):
         pool_size: int = 100  # M components in total, split evenly over the experiences
         length: int = 8  # L tokens of every component (and of the assembled prompt)
         ortho_mu: float = 0.0  # weight of the orthogonality regulariser (0: initialisation only)
-        train_mask: bool = True  # CE over the current experience's classes only (released code)
+        train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the prompt length: how many tokens the assembled prompt adds in front of <= 8 input tokens
     search_space = {"length": [4, 8, 16]}

@@ -9,11 +9,12 @@ As published:
   pool {e_t} with keys {k_t}, one per experience (the pool size is the number of experiences).
 - Training on experience t uses e_t for every sample (the task identity is known in training) and
   adds lambda * gamma(q(x), k_t), gamma = 1 - cosine, which pulls k_t towards the queries of its
-  experience's samples (lambda = 1). e_t and k_t are trained only during experience t.
+  experience's samples (lambda = 1, the released configs' `pull_constraint_coeff`). e_t and k_t
+  are trained only during experience t.
 - Test: the E-prompt is that of the key closest to the sample's query, argmin_t gamma(q(x), k_t),
   over the experiences trained so far; the task identity is not used.
-- Lengths L_g = 5 and L_e = 20 (the paper's defaults), prompts and keys initialised U(-1, 1) as in
-  the released code; CE with earlier classes masked out as in the released code (`train_mask`).
+- CE over the current experience's classes only, earlier classes masked out as in the released
+  code (`train_mask`, see `prompting`).
 
 Adapted here:
 - Placement. The paper attaches g to blocks 1-2 and e to blocks 3-5 by prefix tuning (prompts
@@ -21,11 +22,19 @@ Adapted here:
   block, so the two positions coincide: both are prepended to the input tokens of that block
   (prompt tuning), as [g; e_t; x]; the lengths count prepended tokens. The model's masked mean
   pooling runs over all of them (the paper reads [CLS]).
+- Lengths L_g = 1 and L_e = 4 prepended tokens (the released configs' prefixes have length 5
+  each, at 2 and 3 blocks), so 5 tokens go in front of at most 8 input tokens (see "Prompt
+  budget" in `prompting`); `search_space` tries L_e = 2, 4, 8.
+- No batch-wise expert selection at test (the released PyTorch config's `batchwise_prompt` gives
+  a whole test batch its most frequent choice, which leaks that a test batch holds one task; cf.
+  google-research/l2p issue #28). Every sample chooses its own expert.
 - The query is not a pre-trained ViT's [CLS] but the frozen block's pooled output on a fixed random
   projection of the raw tokens (see `prompting`); it never reads batch["m"].
 - Freezing. e_t and k_t are copied to a snapshot when experience t ends and read from it
   afterwards, so later training (Adam state carried over, weight decay) cannot touch them; in the
   paper they simply receive no further gradient.
+- Initial scales: keys U(-1, 1) as released but scaled to norm ~1, prompt tokens N(0, 0.02^2)
+  instead of U(-1, 1) (reasons in `prompting`).
 - Before any experience is trained (the baseline evaluation) the untrained e_0 is used.
 - Two protocols (`uses_known_modality` = True). The E-prompts are task-specific, so the
   modality-aware protocol restricts the key match to the E-prompts of trained experiences of the
@@ -43,15 +52,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcl.methods.base import register
-from mmcl.methods.prompting import PromptPoolMethod, uniform_
+from mmcl.methods.prompting import PromptPoolMethod, key_init, prompt_init
 
 
 class DualPromptPool(nn.Module):
     def __init__(self, num_experts: int, g_length: int, e_length: int, width: int, generator: torch.Generator):
         super().__init__()
-        self.g = nn.Parameter(uniform_((g_length, width), generator))
-        self.e = nn.Parameter(uniform_((num_experts, e_length, width), generator))
-        self.keys = nn.Parameter(uniform_((num_experts, width), generator))
+        self.g = nn.Parameter(prompt_init((g_length, width), generator))
+        self.e = nn.Parameter(prompt_init((num_experts, e_length, width), generator))
+        self.keys = nn.Parameter(key_init((num_experts, width), generator))
 
 
 @register("dualprompt")
@@ -60,13 +69,13 @@ class DualPrompt(PromptPoolMethod):
 
     @dataclass
     class Hparams:
-        g_length: int = 5  # L_g tokens of the shared G-prompt (0: none)
-        e_length: int = 20  # L_e tokens of each E-prompt
+        g_length: int = 1  # L_g tokens of the shared G-prompt (0: none; paper: 5, see the module doc)
+        e_length: int = 4  # L_e tokens of each E-prompt (paper: 20)
         pull_coeff: float = 1.0  # lambda of the key-query matching loss
-        train_mask: bool = True  # CE over the current experience's classes only (released code)
+        train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the expert-prompt length: how strongly the chosen expert steers the single frozen block
-    search_space = {"e_length": [5, 10, 20]}
+    search_space = {"e_length": [2, 4, 8]}
 
     def __init__(self, stream, cfg, hp):
         if hp.g_length < 0 or hp.e_length < 1 or hp.pull_coeff < 0:

@@ -10,13 +10,13 @@ As published:
   input tokens of the frozen transformer:  x_p = [P_s1; ...; P_sN; x_e].
 - Loss: CE + lambda * sum over the selected prompts of gamma(q(x), k_si) (the surrogate that pulls
   the selected keys towards the queries; it only trains the keys, as q is frozen), averaged over
-  the batch. lambda = 0.1 (the released configs' `pull_constraint_coeff`); M = 10, N = 5, L = 5.
+  the batch. lambda = 0.1 (the released configs' `pull_constraint_coeff`); M = 10, N = 5.
 - The paper's optional "diversifying prompt-selection" (meant for known task boundaries, which
   we have): during training the distance is multiplied by the normalised frequency h_j with which
   prompt j was selected in earlier experiences, so a new experience prefers prompts that earlier
   ones used little:  argmin over sets of sum gamma(q, k_si) * h_si. Plain top-N at test.
-- Prompts and keys initialised U(-1, 1) (the released code's `uniform` initialiser); pool, keys
-  and head trained together; the transformer frozen.
+- Pool, keys and head trained together; the transformer frozen; CE over the current experience's
+  classes only, earlier classes masked out as in the released code (`train_mask`, see `prompting`).
 
 Adapted here:
 - The query is not a pre-trained ViT's [CLS] but the frozen block's pooled output on a fixed random
@@ -30,9 +30,12 @@ Adapted here:
   final keys of that experience under the training rule (the papers count during training; a
   count after the experience is identical on every rank, which a count of this rank's shards is not).
   Ties at h = 0 (prompts never selected) are broken by distance.
+- Prompt length L = 1 instead of the paper's 5, so N * L = 5 tokens are prepended to at most 8
+  input tokens rather than 25 (see "Prompt budget" in `prompting`); `search_space` tries 1, 2, 4.
+- Initial scales: keys U(-1, 1) as released but scaled to norm ~1, prompt tokens N(0, 0.02^2)
+  instead of U(-1, 1) (reasons in `prompting`).
 - Ours has one block and prepends (see `prompting`); the pooled output averages prompt and input
-  tokens; the model's shared prompt is replaced by the pool; CE with earlier classes masked out as in
-  the released code (`train_mask`).
+  tokens; the model's shared prompt is replaced by the pool.
 - `uses_known_modality` is False: the pool is shared by all experiences and nothing in it belongs to
   a modality, so both protocols select prompts by key-query matching alone.
 """
@@ -45,14 +48,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmcl.methods.base import register
-from mmcl.methods.prompting import PromptPoolMethod, uniform_
+from mmcl.methods.prompting import PromptPoolMethod, key_init, prompt_init
 
 
 class L2PPool(nn.Module):
     def __init__(self, pool_size: int, length: int, width: int, generator: torch.Generator):
         super().__init__()
-        self.prompts = nn.Parameter(uniform_((pool_size, length, width), generator))
-        self.keys = nn.Parameter(uniform_((pool_size, width), generator))
+        self.prompts = nn.Parameter(prompt_init((pool_size, length, width), generator))
+        self.keys = nn.Parameter(key_init((pool_size, width), generator))
 
 
 @register("l2p")
@@ -60,14 +63,14 @@ class L2P(PromptPoolMethod):
     @dataclass
     class Hparams:
         pool_size: int = 10  # M prompts in the pool
-        length: int = 5  # L tokens per prompt
+        length: int = 1  # L tokens per prompt (paper: 5; see the module doc)
         top_n: int = 5  # N prompts selected per sample (N * L tokens prepended)
         pull_coeff: float = 0.1  # lambda of the surrogate key-query loss
         diversify: bool = True  # frequency-penalised selection in training (paper's optional strategy)
-        train_mask: bool = True  # CE over the current experience's classes only (released code)
+        train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the prompt length: how many tokens the selected prompts add in front of <= 8 input tokens
-    search_space = {"length": [2, 5, 10]}
+    search_space = {"length": [1, 2, 4]}
 
     def __init__(self, stream, cfg, hp):
         if hp.pool_size < 1 or hp.length < 1 or not 1 <= hp.top_n <= hp.pool_size or hp.pull_coeff < 0:

@@ -24,10 +24,19 @@ batch["tokens"] and batch["mask"] (never batch["m"]), so key-query selection wor
 modality-agnostic protocol, and it costs one extra prompt-free pass through the frozen block.
 R is part of the method state (`extra_state`), although it is also a function of the seed.
 
-Training loss. The released code of all three papers trains with the logits of classes of
-earlier tasks masked out (CE over the current experience's classes only: `train_mask` in the
-L2P/DualPrompt code, `logits[:, :last_valid_out_dim] = -inf` in CODA-Prompt's); `train_mask`
-keeps that (default on), off gives the project's usual CE over all classes seen so far.
+Training loss. The released code of all three papers trains with the logits of earlier tasks'
+classes masked out: CE over the current task's classes only (`train_mask` in the L2P /
+DualPrompt code, `logits[:, :last_valid_out_dim] = -inf` in CODA-Prompt's). It is kept
+(`train_mask`, default on). With fixed text anchors there are no old classifier rows to
+protect, but the mask still matters: CE over all seen classes rewards moving the *shared* head
+(its bias, and its response to what all features have in common) towards the new classes'
+anchors, which drags every old modality's samples there in the modality-agnostic protocol; with
+the mask, a balanced batch's gradients on those shared parts nearly cancel. On mm5's validation
+split (held-out training data; `l2p` defaults otherwise) the mask gave last_acc 0.788 / 0.480
+(aware / agnostic) against 0.775 / 0.360 without it. Its failure mode is the opposite one: a
+new experience's samples are never pushed away from old anchors (on the synthetic test stream,
+with random anchors and no zero-shot prior, they landed on the first experience's classes).
+`train_mask=false` gives the project's usual CE over all classes seen so far.
 
 Prompt placement. Our backbone is a single transformer block, so the papers' layer choices
 (L2P: input of block 1; DualPrompt: G at blocks 1-2, E at blocks 3-5; CODA: blocks 1-5) all
@@ -36,6 +45,24 @@ input tokens (prompt tuning; prefix tuning would need changes inside the frozen 
 model's masked mean pooling then runs over prompt and input tokens alike (L2P averages only the
 prompt positions; DualPrompt and CODA read [CLS], which this backbone has not). The model's own
 shared prompt (`model.prompt_length`) is removed: these methods have their own prompt lengths.
+
+Prompt budget. L2P prepends 25 tokens (5 prompts of length 5) to the 197 tokens of a ViT-B/16,
+13% more tokens; DualPrompt's G- and E-prompts (length 5 each in the released configs) and
+CODA-Prompt's components (length 8) are prefixes of 2-5 blocks each. Our inputs are at most 8 tokens, the model's own prompt is 4, and the pooled output averages prompt and input positions
+alike: 25 prompt tokens would outweigh the input three to one (the pooled feature becomes mostly
+the prompts' own, largely input-independent outputs) and triple the cost of every step. L2P
+and DualPrompt therefore default to 5 prompt tokens per sample (L2P: N = 5 prompts of length 1
+from a pool of 10; DualPrompt: G 1 + E 4, most of it task-specific); CODA-Prompt keeps the
+paper's length 8. The length is each method's `search_space`.
+
+Initial scales. Only the direction of a key matters (cosine), but its scale sets how fast it
+can turn: Adam's steps have a roughly fixed size (the learning rate) per coordinate. The
+released L2P / DualPrompt keys are U(-1, 1) (norm ~11 in our 384 dimensions), which our ~50-80
+steps per experience at lr 1e-3 could hardly turn towards the queries; here they are U(-1, 1)
+scaled to norm ~1, like CODA-Prompt's unit-norm keys. Prompt tokens start as N(0, 0.02^2), like
+the prompted model's own prompt: the released U(-1, 1) prompts would dwarf MiniLM's input
+embeddings (mean norm 1.07 against 11), and with them L2P stayed at chance on the first
+experience of the synthetic test stream for two of three initialisations.
 
 Pool parameters are attached to the model as the submodule `prompt_pool`, so they are trained
 by the engine's optimiser, averaged by DDP and saved with the model state. Every pool is one
@@ -55,15 +82,25 @@ from torch import nn
 from mmcl.methods.base import Method
 from mmcl.models.prompted import PromptedAligner
 
+#: initial scale of prompt token values: that of the prompted model's own prompt (see module doc)
+PROMPT_STD = 0.02
+
 
 def masked_mean(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(out.dtype)
     return (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
 
 
-def uniform_(shape: tuple, generator: torch.Generator, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
-    """U(low, high) drawn from `generator` (the L2P / DualPrompt prompt and key initialisation)."""
-    return torch.rand(shape, generator=generator) * (high - low) + low
+def key_init(shape: tuple, generator: torch.Generator) -> torch.Tensor:
+    """Keys: U(-1, 1) as in the released L2P / DualPrompt code, scaled by sqrt(3 / width) to
+    norm ~1 (see the module doc: only their direction matters, their scale sets how fast Adam's
+    fixed-size steps can turn them)."""
+    return (torch.rand(shape, generator=generator) * 2 - 1) * math.sqrt(3 / shape[-1])
+
+
+def prompt_init(shape: tuple, generator: torch.Generator, std: float = PROMPT_STD) -> torch.Tensor:
+    """N(0, std^2) prompt tokens drawn from `generator`, like the prompted model's own prompt."""
+    return torch.randn(shape, generator=generator) * std
 
 
 def gram_schmidt_rows(rows: torch.Tensor, start: int, stop: int, generator: torch.Generator) -> torch.Tensor:
