@@ -1,6 +1,7 @@
 """slca: a slow representation learner, then per-class Gaussians re-align the head to all seen classes."""
 import io
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,6 +9,15 @@ from mmcl.data import build_stream
 from mmcl.engine import build_method, make_optimizer, run
 from mmcl.stream import TensorSet
 from tests.conftest import tiny_cfg, tiny_token_cfg
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: threads buy nothing, and on a shared machine they oversubscribe the cores
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _method(name="slca", cfg_fn=tiny_token_cfg, **hp):
