@@ -109,7 +109,9 @@ def _data(args) -> int:
     from mmcl.data import mm5
 
     if args.benchmark != "mm5":
-        raise ConfigError(f"mmcl data: only 'mm5' generates data; got '{args.benchmark}'")
+        if Path(args.benchmark).suffix in (".yaml", ".yml"):
+            return _data_check(args)
+        raise ConfigError(f"mmcl data: 'mm5' generates data, a stream YAML file is checked; got '{args.benchmark}'")
     cfg = load_config("mm5-er", args.overrides)
     p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
     rows = []
@@ -129,6 +131,30 @@ def _data(args) -> int:
     return 0
 
 
+def _data_check(args) -> int:
+    """Decode (once), validate and encode the data of a config's stream without training; print it."""
+    from mmcl.data import build_stream
+    from mmcl.report import text_table
+
+    cfg = load_config(args.benchmark, args.overrides)
+    stream = build_stream(cfg)
+    rows = [[e.name, e.modality, str(len(e.classes)), str(len(e.train)), str(len(e.test)),
+             ", ".join(stream.class_names[c] for c in e.classes[:3]) + (" ..." if len(e.classes) > 3 else "")]
+            for e in stream]
+    print(text_table(["experience", "modality", "classes", "train", "test", "anchors"], rows))
+    for src in stream.info.get("sources", []):
+        how = "features from the cache" if src.get("cached") else "every file decoded and checked"
+        print(f"{src['modality']} source {src['where']}: {src['files']} files, {src['skipped']} left out ({how})")
+    if stream.data_errors:
+        print(f"\n{len(stream.data_errors)} files left out (data.on_error=skip):")
+        print("\n".join(f"  {ln}" for ln in stream.data_errors))
+    if args.json:
+        import json
+
+        print(json.dumps(stream.info, indent=1))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmcl", description="multimodal continual learning")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -143,8 +169,9 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render report.html of a run directory")
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_report)
-    d = sub.add_parser("data", help="generate and validate a benchmark's embedded data; print its manifest")
-    d.add_argument("benchmark", help="mm5")
+    d = sub.add_parser("data", help="generate and validate a benchmark's embedded data (mm5), or check the data "
+                                    "of a stream YAML file (decode, validate, encode; no training)")
+    d.add_argument("benchmark", help="mm5, or a YAML config such as my_stream.yaml")
     d.add_argument("overrides", nargs="*", help="e.g. benchmark.data_seed=1")
     d.add_argument("--json", action="store_true", help="print each manifest as JSON")
     d.set_defaults(fn=_data)

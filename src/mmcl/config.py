@@ -36,6 +36,9 @@ BASE: dict[str, Any] = {
         "logit_scale": 20.0,  # inverse temperature of the cosine similarity to the anchors
         "anchor_template": "{}",  # text embedded as each class anchor
     },
+    "data": {
+        "on_error": "fail",  # fail | skip: input files that cannot be used stop the run (exit 2) or are left out
+    },
     "train": {
         "epochs": 5,
         "batch_size": 64,
@@ -69,6 +72,7 @@ _CHOICES = {
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
+    "data.on_error": ("fail", "skip"),
 }
 
 
@@ -239,6 +243,11 @@ def validate(cfg: dict) -> dict:
     out: dict = {}
     for key, default in schema.items():
         set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
+    from mmcl.data import benchmark_params
+
+    check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
+    if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
+        check(out["benchmark"])
     return out
 
 
@@ -248,6 +257,11 @@ def load_config(name_or_path: str | None, overrides: list[str] | tuple[str, ...]
     cfg = deep_merge(cfg, read_yaml(find_config(name_or_path or DEFAULT_CONFIG)))
     for item in overrides:
         key, value = parse_override(item)
+        if key in ("method", "benchmark") and isinstance(value, str):
+            # `method=er`: shorthand for another method; the file's hyper-parameters of its own method go
+            if cfg.get(key, {}).get("name") != value:
+                cfg[key] = {"name": value}
+            continue
         set_dotted(cfg, key, value)
     return validate(cfg)
 

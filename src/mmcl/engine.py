@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 import mmcl
 from mmcl import distributed as dist
 from mmcl.config import ConfigError, diff_keys
-from mmcl.data import build_stream
+from mmcl.data import DataError, build_stream
 from mmcl.methods import METHODS, Method
 from mmcl.metrics import accuracy, summary
-from mmcl.results import EventLog, RunDir
+from mmcl.results import EventLog, RunDir, atomic_write_text
 from mmcl.stream import Stream
 
 MATRICES = {"modality": ("modality_aware", "modality_agnostic")}
@@ -127,7 +127,14 @@ class Engine:
         cfg = self.cfg
         seed_everything(cfg["seed"])
         if dist.is_main():  # rank 0 fills the feature cache first, the others then read it
-            self.stream = build_stream(cfg)
+            try:
+                self.stream = build_stream(cfg)
+            except DataError as e:  # unusable input files: their report is all the run directory gets
+                if self.run_dir.writer:
+                    report = self.run_dir.path / "data_errors.txt"
+                    atomic_write_text(report, e.report())
+                    e.args = (f"{e}\nfull list: {report}",)
+                raise
         dist.barrier()
         if not dist.is_main():
             self.stream = build_stream(cfg)
@@ -158,6 +165,9 @@ class Engine:
         else:
             self.run_dir.clear()
             self.run_dir.write_config(cfg, versions())
+            if self.stream.data_errors and self.run_dir.writer:  # data.on_error=skip: the files left out
+                lines = "".join(f"{ln}\n" for ln in self.stream.data_errors)
+                atomic_write_text(self.run_dir.path / "data_errors.txt", lines)
         self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
         if state is not None:
             self.events.log("resume", position=vars(self.pos))

@@ -89,6 +89,7 @@ class Stream:
     class_modality: list[str]  # modality of each class (for the modality-aware protocol)
     anchors: torch.Tensor  # (num_classes, d) unit-norm text embeddings of the class names
     info: dict = field(default_factory=dict)  # provenance: split, sizes, hashes, encoders
+    data_errors: list[str] = field(default_factory=list)  # input files left out (data.on_error=skip): "<path>: <reason>"
 
     def __post_init__(self):
         seen: list[int] = []

@@ -8,9 +8,28 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from mmcl.config import ConfigError
 from mmcl.stream import Stream
 
 BENCHMARKS: dict[str, tuple[type, Callable]] = {}
+
+
+class DataError(ConfigError):
+    """Input files that cannot be used, found before any training: `lines` holds one `<path>: <reason>`
+    per file. The engine writes them to the run directory's data_errors.txt; the CLI exits with 2."""
+
+    SHOWN = 20
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(lines)
+        n = len(self.lines)
+        head = (f"{n} data file{'s' if n != 1 else ''} cannot be used (data.on_error=fail stops before training; "
+                f"data.on_error=skip leaves them out):")
+        more = [f"... and {n - self.SHOWN} more"] if n > self.SHOWN else []
+        super().__init__("\n".join([head] + [f"  {ln}" for ln in self.lines[: self.SHOWN]] + more))
+
+    def report(self) -> str:
+        return "".join(f"{ln}\n" for ln in self.lines)
 
 
 def register_benchmark(name: str, params: type):
@@ -75,4 +94,4 @@ def class_order(n: int, cfg: dict) -> list[int]:
 
 
 # built-in benchmarks register themselves on import
-from mmcl.data import animals, mm5, synthetic  # noqa: E402,F401
+from mmcl.data import animals, mm5, synthetic, user  # noqa: E402,F401

@@ -1,0 +1,346 @@
+"""Where users' samples are and what they are labelled: three layouts, read as they are on disk.
+
+- ``folders``: ``root/<class>/<file>`` or ``root/<split>/<class>/<file>`` (split folders ``train`` and
+  ``test``; ``val``/``valid``/``validation`` count as test). Files may sit deeper below a class folder.
+  Without split folders, a seeded per-class split is drawn later, or ``test_list`` names the test files
+  (UCF101's ``testlist01.txt``). Files with other extensions than the modality's are ignored and counted.
+- ``manifest``: a CSV (header row, or ``columns`` naming header-less columns) or JSONL file with
+  ``path,label[,split][,modality]`` per sample, paths relative to the manifest (or ``root``); for text,
+  a ``text`` column (or ``text_columns``, joined) instead of a path. ``manifest: {train: a.csv, test: b.csv}``
+  gives one file per split.
+- ``esc50``: ESC-50's own ``meta/esc50.csv`` + ``audio/``; folds in ``test_folds`` (default [5]) are the
+  test split; ``esc10: true`` keeps the ESC-10 subset.
+
+Class names come from the folder names / labels, or from a ``label_names`` file, and are cleaned into
+plain English for the text anchors (`plain_name`). Labels that are only ids (``n01440764``, ``3``)
+need a ``label_names`` file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmcl.config import ConfigError
+from mmcl.data.user.readers import EXTENSIONS
+from mmcl.data.user.spec import SourceSpec
+from mmcl.stream import MODALITIES
+
+SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test", "val": "test",
+               "valid": "test", "validation": "test"}
+
+
+@dataclass
+class Entry:
+    """One sample as listed on disk, before decoding."""
+
+    where: str  # what an error line names: the file, or "<manifest>:<line>" for inline text
+    path: Path | None = None  # the file to decode (None: inline text)
+    text: str | None = None
+    raw: str | None = None  # the label as found (folder name, manifest value, ESC-50 category)
+    split: str | None = None  # "train" | "test" | None (seeded split)
+    error: str | None = None  # found while scanning: unknown label, missing file, bad split
+
+
+@dataclass
+class Scan:
+    entries: list[Entry]
+    classes: list[str]  # raw labels, in the source's class order
+    names: dict[str, str]  # raw label -> plain-English name
+    ignored: dict[str, int] = field(default_factory=dict)  # extension -> files ignored
+
+
+# ------------------------------------------------------------------------------------ class names
+def plain_name(raw: str, camel: bool = True) -> str:
+    """A folder name or label as plain English: ``golden_retriever`` -> ``golden retriever``,
+    ``ApplyEyeMakeup`` -> ``apply eye makeup``, ``001.Black_footed_Albatross`` -> ``black footed albatross``.
+    Acronyms (``TV``) keep their case."""
+    s = str(raw).strip()
+    s = re.sub(r"^\d+[._\-\s]+(?=[A-Za-z])", "", s)
+    s = s.replace("_", " ").replace("+", " ")
+    if camel:
+        s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", s)
+        s = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", " ", s)
+    words = [w if (len(w) > 1 and w.isupper() and camel) else w.lower() for w in s.split()]
+    return " ".join(words)
+
+
+def id_kind(name: str) -> str | None:
+    """Why a class name is not English (it needs label_names), or None."""
+    if re.fullmatch(r"n\d{8}", name.strip()):
+        return "WordNet ids"
+    if not re.search(r"[A-Za-z]", name):
+        return "numbers or ids"
+    return None
+
+
+def read_label_names(path: Path, raws: list[str], base: int) -> tuple[dict[str, str], list[str]]:
+    """raw label -> name, and the file's order of raw labels.
+
+    Formats: JSON or YAML (a mapping raw -> name, or a list: index + label_base -> name); text, one
+    class per line, either ``<raw> <name>`` (keyed: ``n01440764 tench, Tinca tinca``; the name ends at
+    the first comma) or ``<name>`` alone (positional: line i names integer label i + label_base, as
+    AG News' classes.txt) or, when labels are not integers, the list of known labels. Blank lines and lines starting with '#' are skipped.
+    """
+    import yaml
+
+    where = f"label_names file {path}"
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        try:
+            obj = json.loads(path.read_text()) if path.suffix.lower() == ".json" else yaml.safe_load(path.read_text())
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"{where}: cannot parse ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if isinstance(obj, dict):
+            pairs = [(_label(k), str(v)) for k, v in obj.items()]
+        elif isinstance(obj, list):
+            pairs = [(str(i + base), str(v)) for i, v in enumerate(obj)]
+        else:
+            raise ConfigError(f"{where}: expected a mapping label -> name or a list of names")
+    else:
+        try:
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}: not UTF-8 text") from None
+        lines = [ln for ln in lines if ln and not ln.startswith("#")]
+        split = [re.split(r"[\t ,:;]+", ln, maxsplit=1) for ln in lines]
+        present = set(raws)
+        if all(len(t) == 2 for t in split) and any(t[0] in present for t in split):  # keyed
+            pairs = [(t[0], t[1]) for t in split]
+        elif all(re.fullmatch(r"-?\d+", r) for r in present):  # positional, for integer labels
+            pairs = [(str(i + base), ln) for i, ln in enumerate(lines)]
+        else:  # the list of known labels, each its own name
+            pairs = [(ln, ln) for ln in lines]
+    out: dict[str, str] = {}
+    for raw, name in pairs:
+        name = plain_name(name.split(",")[0], camel=False)
+        if not name:
+            raise ConfigError(f"{where}: label {raw!r} has an empty name")
+        out[raw] = name
+    if not out:
+        raise ConfigError(f"{where}: no class names in it")
+    return out, [r for r, _ in pairs]
+
+
+def _label(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def _order(raws) -> list[str]:
+    raws = sorted(set(raws), key=lambda n: (n.lower(), n))
+    if all(re.fullmatch(r"-?\d+", r) for r in raws):
+        return sorted(raws, key=int)
+    return raws
+
+
+def resolve_names(scan_entries: list[Entry], natural_order: list[str], src: SourceSpec) -> tuple[list[str], dict]:
+    """Class order and names; entries whose label is not in label_names get an 'unknown label' error."""
+    raws = [e.raw for e in scan_entries if e.error is None and e.raw is not None]
+    present = set(raws)
+    if src.label_names is not None:
+        names, file_order = read_label_names(src.label_names, sorted(present), src.label_base)
+        for e in scan_entries:
+            if e.error is None and e.raw is not None and e.raw not in names:
+                e.error = f"unknown label {e.raw!r} (not in label_names {src.label_names})"
+        classes = [r for r in file_order if r in present]
+        return classes, {r: names[r] for r in classes}
+    classes = [r for r in natural_order if r in present]
+    names = {r: plain_name(r) for r in classes}
+    for r in classes:
+        kind = id_kind(names[r])
+        if kind:
+            raise ConfigError(f"{src.key}: class labels such as {r!r} are {kind}, not names a text encoder "
+                              f"understands; give a label_names file mapping them to English names")
+    return classes, names
+
+
+# ----------------------------------------------------------------------------------------- layouts
+def _visible_files(d: Path):
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            yield p
+
+
+def scan_folders(src: SourceSpec, modality: str) -> Scan:
+    root = src.root
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_mode = bool(subdirs) and all(d.name.lower() in SPLIT_NAMES for d in subdirs)
+    if split_mode:
+        if src.test_list is not None:
+            raise ConfigError(f"{src.key}.test_list: {root} already has split folders "
+                              f"({', '.join(d.name for d in subdirs)}); use one or the other")
+        have = {SPLIT_NAMES[d.name.lower()] for d in subdirs}
+        if have != {"train", "test"}:
+            missing = ({"train", "test"} - have).pop()
+            raise ConfigError(f"{src.key}.root: {root} has split folder(s) {', '.join(d.name for d in subdirs)} "
+                              f"but no {missing} folder")
+        class_dirs = [(SPLIT_NAMES[s.name.lower()], d) for s in subdirs
+                      for d in sorted(x for x in s.iterdir() if x.is_dir() and not x.name.startswith("."))]
+    else:
+        class_dirs = [(None, d) for d in subdirs]
+    if not class_dirs:
+        raise ConfigError(f"{src.key}.root: {root} has no class sub-folders (expected root/<class>/<file> "
+                          f"or root/<split>/<class>/<file>)")
+    exts = EXTENSIONS[modality]
+    entries, ignored = [], Counter()
+    for split, d in class_dirs:
+        for f in _visible_files(d):
+            if f.suffix.lower() in exts:
+                entries.append(Entry(where=str(f), path=f, raw=d.name, split=split))
+            else:
+                ignored[f.suffix.lower() or "(none)"] += 1
+    if not entries:
+        raise ConfigError(f"{src.key}.root: no {modality} files ({', '.join(exts)}) below {root}")
+    if src.test_list is not None:
+        listed = set()
+        for ln in src.test_list.read_text(encoding="utf-8-sig").splitlines():
+            if ln.strip():
+                listed.add(ln.split()[0].replace("\\", "/").strip("/").lower())
+        hits = 0
+        for e in entries:
+            rel = e.path.relative_to(root).as_posix().lower()
+            e.split = "test" if rel in listed else "train"
+            hits += e.split == "test"
+        if not hits:
+            raise ConfigError(f"{src.key}.test_list: none of the paths in {src.test_list} is a file below {root} "
+                              f"(paths are relative to root, e.g. {entries[0].path.relative_to(root).as_posix()})")
+    natural = sorted({d.name for _, d in class_dirs}, key=lambda n: (n.lower(), n))
+    classes, names = resolve_names(entries, natural, src)
+    return Scan(entries, classes, names, dict(ignored))
+
+
+def _read_rows(path: Path, columns: list[str] | None, key: str):
+    """(line number, row dict or an error string) for every data row of a CSV/TSV or JSONL file."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        if columns is not None:
+            raise ConfigError(f"{key}.columns: applies to header-less CSV files, not to JSONL {path}")
+        with open(path, encoding="utf-8-sig") as fh:
+            for i, ln in enumerate(fh, 1):
+                if not ln.strip():
+                    continue
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError as e:
+                    yield i, f"not valid JSON ({e.msg})"
+                    continue
+                yield i, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+        return
+    delim = "\t" if suffix == ".tsv" else ","
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delim)
+        header = columns
+        if header is None:
+            header = next(reader, None)
+            if header is None:
+                raise ConfigError(f"{key}: manifest {path} is empty")
+            header = [h.strip() for h in header]
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                yield reader.line_num, f"expected {len(header)} columns ({','.join(header)}), got {len(row)}"
+                continue
+            yield reader.line_num, dict(zip(header, row))
+
+
+def _split_value(v) -> tuple[str | None, str | None]:
+    if v is None or str(v).strip() == "":
+        return None, None
+    s = SPLIT_NAMES.get(str(v).strip().lower())
+    return (s, None) if s else (None, f"unknown split {str(v)!r} (expected train or test)")
+
+
+def scan_manifest(src: SourceSpec, modality: str) -> Scan:
+    entries = []
+    for forced, mpath in src.manifest.items():
+        key = src.key + ".manifest" + (f".{forced}" if forced else "")
+        base = src.root or mpath.parent
+        header_checked = False
+        for line, row in _read_rows(mpath, src.columns, key):
+            where = f"{mpath}:{line}"
+            if isinstance(row, str):
+                entries.append(Entry(where=where, error=row))
+                continue
+            if not header_checked:
+                cols = list(row)
+                has_text = modality == "text" and any(c in row for c in src.text_columns)
+                if "label" not in row or not ("path" in row or has_text):
+                    need = "path (or " + "/".join(src.text_columns) + " for text)" if modality == "text" else "path"
+                    raise ConfigError(f"{key}: manifest {mpath} needs columns label and {need}; it has "
+                                      f"{', '.join(map(str, cols))} (rename them, or name header-less "
+                                      f"columns with 'columns')")
+                header_checked = True
+            mod = row.get("modality")
+            if mod is not None and str(mod).strip():
+                mod = str(mod).strip().lower()
+                if mod not in MODALITIES:
+                    entries.append(Entry(where=where, error=f"unknown modality {mod!r} (expected one of "
+                                                           f"{', '.join(MODALITIES)})"))
+                    continue
+                if mod != modality:
+                    continue
+            raw = _label(row.get("label", ""))
+            split, err = (forced, None) if forced else _split_value(row.get("split"))
+            text_cols = [c for c in src.text_columns if c in row] if modality == "text" else []
+            e = Entry(where=where, raw=raw or None, split=split, error=err)
+            if text_cols and not (row.get("path") or "").strip():
+                e.text = " ".join(str(row[c] or "").strip() for c in text_cols)
+            else:
+                p = str(row.get("path") or "").strip()
+                if not p:
+                    e.error = e.error or "empty path"
+                else:
+                    e.path = Path(p) if Path(p).is_absolute() else base / p
+                    e.where = str(e.path)
+                    if not e.path.is_file() and e.error is None:
+                        e.error = f"file not found (listed in {mpath} line {line})"
+            if not raw and e.error is None:
+                e.error = "missing label"
+            entries.append(e)
+    if not entries:
+        raise ConfigError(f"{src.key}.manifest: no {modality} rows in {', '.join(map(str, src.manifest.values()))}")
+    classes, names = resolve_names(entries, _order(e.raw for e in entries if e.raw), src)
+    return Scan(entries, classes, names)
+
+
+def scan_esc50(src: SourceSpec, modality: str) -> Scan:
+    meta = src.root / "meta" / "esc50.csv"
+    if not meta.is_file():
+        raise ConfigError(f"{src.key}.root: {meta} does not exist (expected ESC-50's layout: meta/esc50.csv, audio/)")
+    with open(meta, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"filename", "fold", "target", "category"}
+        if not need <= set(reader.fieldnames or ()):
+            raise ConfigError(f"{src.key}.root: {meta} lacks the ESC-50 columns {', '.join(sorted(need))}")
+        entries, targets = [], {}
+        for row in reader:
+            if src.esc10 and str(row.get("esc10", "")).strip().lower() not in ("true", "1"):
+                continue
+            path = src.root / "audio" / row["filename"].strip()
+            e = Entry(where=str(path), path=path, raw=row["category"].strip())
+            try:
+                e.split = "test" if int(row["fold"]) in src.test_folds else "train"
+                targets.setdefault(e.raw, int(row["target"]))
+            except ValueError:
+                e.error = f"bad fold/target in {meta} line {reader.line_num}"
+            if e.error is None and not path.is_file():
+                e.error = f"file not found (listed in {meta} line {reader.line_num})"
+            entries.append(e)
+    if not entries:
+        raise ConfigError(f"{src.key}.root: {meta} lists no clips")
+    natural = sorted(targets, key=lambda r: (targets[r], r))
+    classes, names = resolve_names(entries, natural, src)
+    return Scan(entries, classes, names)
+
+
+SCANNERS = {"folders": scan_folders, "manifest": scan_manifest, "esc50": scan_esc50}
+
+
+def scan(src: SourceSpec, modality: str) -> Scan:
+    return SCANNERS[src.layout](src, modality)
