@@ -41,3 +41,28 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert len(ends) == 3
     for e in ends:
         assert len(e["state_digests"]) == 2 and e["state_digests"][0] == e["state_digests"][1]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not installed")
+def test_two_process_ddp_on_a_multimodal_token_stream(tmp_path):
+    """COMM on the prompted token model: each step uses one modality's input projection and prompts,
+    so the others get no gradient (DDP must allow unused parameters); statistics stay identical."""
+    from tests.conftest import tiny_token_cfg
+
+    cfg = tiny_token_cfg("comm", train={"epochs": 2})
+    cfg_path = write_cfg(tmp_path / "c.yaml", cfg)
+    run_cli("run", str(cfg_path), "--out", str(tmp_path / "single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(TORCHRUN if TORCHRUN.exists() else "torchrun"), "--standalone", "--nproc_per_node=2",
+                        "-m", "mmcl", "run", str(cfg_path), "--out", str(tmp_path / "ddp")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2
+    for name in single["matrices"]:
+        last_single, last_ddp = single["summary"][name]["last_acc"], ddp["summary"][name]["last_acc"]
+        assert abs(last_single - last_ddp) <= 0.1, (name, last_single, last_ddp)
+    events = [json.loads(l) for l in (tmp_path / "ddp" / "events.jsonl").read_text().splitlines()]
+    ends = [e for e in events if e["event"] == "experience_end"]
+    assert len(ends) == 3 and all(e["state_digests"][0] == e["state_digests"][1] for e in ends)

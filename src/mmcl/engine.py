@@ -141,7 +141,10 @@ class Engine:
         seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
         self.method = build_method(self.stream, cfg)
         if dist.active() and self.method.trainable_parameters():
-            self.method._train_module = torch.nn.parallel.DistributedDataParallel(self.method.model)
+            # find_unused_parameters: on a multimodal stream a step uses one modality's input projection
+            # (and a method's own subset of prompts); the others get no gradient in that step
+            self.method._train_module = torch.nn.parallel.DistributedDataParallel(
+                self.method.model, find_unused_parameters=True)
         self.rows = {name: [] for name in MATRICES[cfg["setting"]]}
         self.baseline: dict[str, list] | None = None
         self.pos = Position()
@@ -313,6 +316,12 @@ def run(cfg: dict, out: str, resume: bool = False) -> dict:
     """Run (or resume) `cfg` into directory `out`; returns metrics.json's content."""
     if resume:
         stored = RunDir(out, writer=False).read_config()
+        try:  # keys added to mmcl since the run started take their defaults
+            from mmcl.config import validate
+
+            stored = validate(stored)
+        except ConfigError:
+            pass
         bad = diff_keys(stored, cfg)
         if bad:
             raise ConfigError(f"config differs from the run being resumed in {out} at key '{bad[0]}'")
