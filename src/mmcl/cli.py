@@ -142,6 +142,8 @@ def _data_check(args) -> int:
              ", ".join(stream.class_names[c] for c in e.classes[:3]) + (" ..." if len(e.classes) > 3 else "")]
             for e in stream]
     print(text_table(["experience", "modality", "classes", "train", "test", "anchors"], rows))
+    if stream.info.get("encoders"):
+        print("encoders: " + ", ".join(f"{m} {e}" for m, e in stream.info["encoders"].items()))
     for src in stream.info.get("sources", []):
         how = "features from the cache" if src.get("cached") else "every file decoded and checked"
         print(f"{src['modality']} source {src['where']}: {src['files']} files, {src['skipped']} left out ({how})")

@@ -36,6 +36,13 @@ BASE: dict[str, Any] = {
         "logit_scale": 20.0,  # inverse temperature of the cosine similarity to the anchors
         "anchor_template": "{}",  # text embedded as each class anchor
     },
+    "encoder": {  # frozen encoder per modality: "default" (the bundled ones) or "hf:<local model directory>"
+        "image": "default",
+        "video": "default",
+        "audio": "default",
+        "depth": "default",
+        "text": "default",
+    },
     "data": {
         "on_error": "fail",  # fail | skip: input files that cannot be used stop the run (exit 2) or are left out
     },
@@ -245,6 +252,14 @@ def validate(cfg: dict) -> dict:
         set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
     from mmcl.data import benchmark_params
 
+    custom = sorted(k for k, v in out["encoder"].items() if v != "default")
+    if custom:  # encoders from local checkpoints (mmcl.models.hf): format, directory, model kind
+        if not getattr(benchmark_params(out["benchmark"]["name"]), "custom_encoders", False):
+            raise ConfigError(f"config key 'encoder.{custom[0]}': benchmark '{out['benchmark']['name']}' uses its "
+                              f"bundled encoders; encoders from local checkpoints apply to benchmark 'user'")
+        from mmcl.models import hf
+
+        hf.check(out)
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
         check(out["benchmark"])

@@ -77,9 +77,9 @@ def ensure_data(modality: str, p: MM5Params, cfg: dict) -> tuple[Path, dict]:
 
 
 def _pad(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, t, d) -> (N, TOKENS, WIDTH) float16 and the (N, TOKENS) validity mask."""
+    """(N, t, d) -> (N, TOKENS, max(WIDTH, d)) float16 and the (N, TOKENS) validity mask."""
     n, t, d = tokens.shape
-    out = torch.zeros(n, TOKENS, WIDTH, dtype=torch.float16)
+    out = torch.zeros(n, TOKENS, max(WIDTH, d), dtype=torch.float16)
     out[:, :t, :d] = tokens[:, :TOKENS].to(torch.float16)
     mask = torch.zeros(n, TOKENS, dtype=torch.bool)
     mask[:, :t] = True

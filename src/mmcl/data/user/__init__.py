@@ -19,9 +19,11 @@ truncated, empty, wrong shape, unknown label, missing) are listed one line each,
 `data.on_error=fail` (default) stops with exit status 2 and writes only `data_errors.txt` into the
 run directory; `data.on_error=skip` leaves them out, counts them in metrics.json (`stream_info`) and
 lists them in `data_errors.txt`. Decoded samples become token features through mm5's frozen encoders
-(`encode_modality`), so the prompted model and every method of the modality setting run unchanged;
-features are cached under $MMCL_CACHE/features/, keyed by the list of files with their sizes and
-modification times (a cached source is not decoded again until a file changes).
+(`encode_modality`), or through a Hugging Face checkpoint in a local directory where the config says
+`encoder.<modality>: hf:<dir>` (`mmcl.models.hf`), so the prompted model and every method of the modality
+setting run unchanged; features are cached under $MMCL_CACHE/features/, keyed by the list of files with
+their sizes and modification times and by the encoder (a checkpoint's path and a fingerprint of its
+files): a cached source is not decoded again until a file or the checkpoint changes.
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ MAX_LISTED = 100  # bad files listed in metrics.json (all of them are in data_er
 
 @dataclass
 class UserParams:
+    custom_encoders = True  # class attribute, not a key: `encoder.<modality>=hf:<dir>` applies to this benchmark
+
     experiences: list = field(default_factory=list)  # see the module doc
     sources: list = field(default_factory=list)  # named sources: [{name, modality, layout, ...}]
     split_seed: int = 0  # seed of the per-class train/test split where the data has none
@@ -68,8 +72,10 @@ class UserParams:
 class _Source:
     """One (source, modality): its scan, the files the stream uses, their split and features."""
 
-    def __init__(self, spec: SourceSpec, modality: str):
+    def __init__(self, spec: SourceSpec, modality: str, encoder=None):
         self.spec, self.modality = spec, modality
+        self.encoder = encoder  # mmcl.models.hf.HFSpec, or None for the bundled encoders
+        self._opts: dict | None = None
         self.scan: Scan | None = None
         self.used: dict[str, str] = {}  # raw label -> key of the experience that takes it
         self.entries: list[Entry] = []  # files to decode, sorted by `where`
@@ -134,8 +140,9 @@ class _Source:
                 h.update(b"text|" + e.text.encode() + b"\n")
         from mmcl.data.cache import digest
 
+        extra = () if self.encoder is None else (self.encoder.identity(),)
         return digest("user", DECODE_VERSION, self.modality, self.spec.seconds, enc.EFFNET_ID, enc.MINILM_ID,
-                      TOKENS, WIDTH, FEATURE_VERSION.get(self.modality, "1"), h.hexdigest())
+                      TOKENS, WIDTH, FEATURE_VERSION.get(self.modality, "1"), h.hexdigest(), *extra)
 
     def paths(self, cfg: dict):
         d = cache_dir(cfg) / "features"
@@ -143,10 +150,19 @@ class _Source:
         return d / f"{stem}.safetensors", d / f"{stem}.meta.json"
 
     # -- decode once, encode once ------------------------------------------------------------
+    @property
+    def opts(self) -> dict:
+        """Reader options for the encoder (a checkpoint's input size or sampling rate); loads it once."""
+        if self._opts is None:
+            from mmcl.models import hf
+
+            self._opts = hf.decode_options(self.encoder, self.modality)
+        return self._opts
+
     def _decode(self, e: Entry):
         if e.path is None:
             return readers.clean_text(e.text)
-        return readers.decode(self.modality, e.path)
+        return readers.decode(self.modality, e.path, **self.opts)
 
     def validate(self, progress: bool, budget: list[int]) -> None:
         from tqdm.auto import tqdm
@@ -162,7 +178,7 @@ class _Source:
                 self.samples.append(None)
                 continue
             if self.modality == "audio":
-                durations.append(readers.audio_seconds(s))
+                durations.append(readers.audio_seconds(s, self.opts.get("wave_rate")))
             n = readers.sample_bytes(s)
             if budget[0] >= n:
                 budget[0] -= n
@@ -189,9 +205,15 @@ class _Source:
                     except readers.BadFile as b:  # changed on disk since it was checked
                         raise DataError([f"{self.entries[i].where}: {b}"]) from None
                 if self.modality == "audio":
-                    s = readers.fit_audio(s, self.audio_seconds)
+                    rate = self.opts.get("wave_rate")
+                    s = readers.fit_wave(s, self.audio_seconds, rate) if rate else readers.fit_audio(s, self.audio_seconds)
                 chunk.append(s)
-            f = encode_modality(self.modality, chunk, progress)
+            if self.encoder is None:
+                f = encode_modality(self.modality, chunk, progress)
+            else:
+                from mmcl.models import hf
+
+                f = hf.encode(self.encoder, self.modality, chunk, self.audio_seconds)
             t, m = _pad(f["tokens"])
             tokens.append(t)
             masks.append(m)
@@ -256,15 +278,18 @@ def build(p: UserParams, cfg: dict) -> Stream:
     for k in ("train_per_class", "test_per_class"):
         if getattr(p, k) < 0:
             raise ConfigError(f"config key 'benchmark.{k}' must be >= 0 (0 = all), got {getattr(p, k)}")
+    from mmcl.models import hf
+
     policy = cfg["data"]["on_error"]
     progress = bool(cfg["logging"]["progress"])
     specs = parse(p.experiences, p.sources)
+    encoders = hf.specs(cfg)  # modality -> local checkpoint (the others: bundled encoders)
 
     # 1. scan every source once; expand experiences into their classes
     sources: dict[tuple, _Source] = {}
     plan: list[tuple[ExperienceSpec, _Source, list[str], int]] = []
     for e in specs:
-        src = sources.setdefault((e.source.identity(), e.modality), _Source(e.source, e.modality))
+        src = sources.setdefault((e.source.identity(), e.modality), _Source(e.source, e.modality, encoders.get(e.modality)))
         if src.scan is None:
             src.scan = scan(e.source, e.modality)
         raws = _select_classes(e, src.scan)
@@ -321,7 +346,8 @@ def build(p: UserParams, cfg: dict) -> Stream:
                 src.by_class.setdefault(e.raw, ([], []))[src.split[i]].append(row)
                 row += 1
 
-    # 4. experiences, class ids in order of first appearance
+    # 4. experiences, class ids in order of first appearance; tokens of one width (a checkpoint may be wider)
+    width = max(src.feats["tokens"].shape[-1] for src in sources.values())
     exps, names, anchor_texts, class_mod = [], [], [], []
     exp_names = [f"{e.name or src.modality}-{part + 1}" if e.parts > 1 else (e.name or src.modality)
                  for e, src, _, part in plan]
@@ -352,7 +378,10 @@ def build(p: UserParams, cfg: dict) -> Stream:
                 rows += sel
                 ys += [cid] * len(sel)
             r = torch.tensor(rows, dtype=torch.long)
-            return TensorSet({"tokens": src.feats["tokens"][r], "mask": src.feats["mask"][r],
+            tokens = src.feats["tokens"][r]
+            if tokens.shape[-1] < width:
+                tokens = torch.nn.functional.pad(tokens, (0, width - tokens.shape[-1]))
+            return TensorSet({"tokens": tokens, "mask": src.feats["mask"][r],
                               "zs": src.feats["zs"][r].float(),
                               "m": torch.full((len(rows),), MODALITIES.index(src.modality), dtype=torch.long),
                               "y": torch.tensor(ys, dtype=torch.long)})
@@ -364,7 +393,9 @@ def build(p: UserParams, cfg: dict) -> Stream:
         "source": "user data (benchmark.experiences)",
         "split_seed": p.split_seed, "test_fraction": p.test_fraction,
         "train_per_class": p.train_per_class, "test_per_class": p.test_per_class,
-        "encoders": {"image": enc.EFFNET_ID, "text": enc.MINILM_ID},
+        "encoders": {m: (encoders[m].describe() if m in encoders else enc.MINILM_ID if m == "text" else enc.EFFNET_ID)
+                     for m in sorted({src.modality for src in sources.values()})},
+        "anchors": enc.MINILM_ID,
         "sources": [],
         "data_errors": {"policy": policy, "skipped": len(lines), "files": lines[:MAX_LISTED]},
     }

@@ -12,6 +12,10 @@ so that a source's samples stack into one batch for the frozen encoders of
 | audio | WAV, FLAC (also OGG) via soundfile | float32 (64, n) log-mel at 100 frames/s after mixing to mono and resampling to 16 kHz (`scipy.signal.resample_poly`); `fit_audio` then pads/crops a source to one duration and pools it to (64, 96) |
 | depth | 16-bit PNG (8-bit grey also read), NPY (2-D, or with a singleton channel) | float32 (96, 96), nearest-neighbour resize; 0 / negative / non-finite = no depth |
 | text | UTF-8 ``.txt`` (one sample per file) or a manifest's ``text`` column | str, whitespace collapsed |
+
+With an encoder from a local checkpoint (`encoder.<modality>=hf:<dir>`, `mmcl.models.hf`) images, clips
+and depth maps are decoded at the model's input size (`size`) and audio as a float32 mono waveform at
+its feature extractor's sampling rate (`wave_rate`) instead of a log-mel.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ def _nonempty(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- image
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
@@ -77,7 +81,7 @@ def decode_image(path: Path) -> np.ndarray:
                 rgba = im.convert("RGBA")
                 im = Image.new("RGB", rgba.size, (255, 255, 255))
                 im.paste(rgba, mask=rgba.getchannel("A"))
-            im = im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+            im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8).copy()
     except BadFile:
         raise
@@ -86,7 +90,7 @@ def decode_image(path: Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- video
-def decode_video(path: Path) -> np.ndarray:
+def decode_video(path: Path, size: int = VIDEO_SIZE) -> np.ndarray:
     import av
 
     path = Path(path)
@@ -97,7 +101,7 @@ def decode_video(path: Path) -> np.ndarray:
             if not c.streams.video:
                 raise BadFile("no video stream in the file")
             for f in c.decode(video=0):
-                frames.append(f.to_ndarray(width=VIDEO_SIZE, height=VIDEO_SIZE, format="rgb24"))
+                frames.append(f.to_ndarray(width=size, height=size, format="rgb24"))
     except BadFile:
         raise
     except Exception as e:  # noqa: BLE001 - any container/codec failure: corrupt or truncated
@@ -133,8 +137,15 @@ def _wav_check(path: Path) -> None:
         raise BadFile("truncated WAV: no complete 'data' chunk")
 
 
-def decode_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
-    """Log-mel spectrogram float32 (64, n): n = 100 frames per second of audio (at least 1)."""
+def decode_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS, wave_rate: int | None = None) -> np.ndarray:
+    """Log-mel spectrogram float32 (64, n): n = 100 frames per second of audio (at least 1); with `wave_rate`,
+    the float32 mono waveform resampled to that rate instead."""
+    x = _read_audio(Path(path), max_seconds, wave_rate or AUDIO_RATE)
+    return x.astype(np.float32) if wave_rate else log_mel(x)
+
+
+def _read_audio(path: Path, max_seconds: float, rate: int) -> np.ndarray:
+    """Mono float64 samples at `rate` (BadFile for anything unusable)."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
@@ -156,10 +167,10 @@ def decode_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarr
     if not np.isfinite(data).all():
         raise BadFile("audio samples are not finite (NaN or inf)")
     x = data.mean(axis=1).astype(np.float64)
-    if sr != AUDIO_RATE:
-        g = math.gcd(AUDIO_RATE, int(sr))
-        x = resample_poly(x, AUDIO_RATE // g, int(sr) // g)
-    return log_mel(x)
+    if sr != rate:
+        g = math.gcd(rate, int(sr))
+        x = resample_poly(x, rate // g, int(sr) // g)
+    return x
 
 
 def log_mel(x: np.ndarray) -> np.ndarray:
@@ -178,8 +189,15 @@ def log_mel(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def audio_seconds(mel: np.ndarray) -> float:
-    return mel.shape[1] / 100.0
+def audio_seconds(mel: np.ndarray, wave_rate: int | None = None) -> float:
+    """Duration of a decoded clip: a log-mel (100 frames/s), or a waveform at `wave_rate`."""
+    return len(mel) / wave_rate if wave_rate else mel.shape[1] / 100.0
+
+
+def fit_wave(wave: np.ndarray, seconds: float, rate: int) -> np.ndarray:
+    """Pad (with silence) or crop a waveform to `seconds`."""
+    n = max(1, int(round(seconds * rate)))
+    return np.pad(wave, (0, n - len(wave))) if len(wave) < n else wave[:n]
 
 
 def fit_audio(mel: np.ndarray, seconds: float) -> np.ndarray:
@@ -197,7 +215,7 @@ def fit_audio(mel: np.ndarray, seconds: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- depth
-def decode_depth(path: Path) -> np.ndarray:
+def decode_depth(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
@@ -232,7 +250,7 @@ def decode_depth(path: Path) -> np.ndarray:
     if not valid.any():
         raise BadFile("no valid depth: every pixel is 0, negative or not finite")
     a = np.where(valid, a, 0.0).astype(np.float32)
-    return np.asarray(Image.fromarray(a, mode="F").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.NEAREST),
+    return np.asarray(Image.fromarray(a, mode="F").resize((size, size), Image.Resampling.NEAREST),
                       dtype=np.float32).copy()
 
 
@@ -263,8 +281,9 @@ DECODERS = {"image": decode_image, "video": decode_video, "audio": decode_audio,
             "text": decode_text}
 
 
-def decode(modality: str, path: Path):
-    return DECODERS[modality](path)
+def decode(modality: str, path: Path, **options):
+    """Decode one file; `options` (size, wave_rate) come from `mmcl.models.hf.decode_options`."""
+    return DECODERS[modality](path, **options)
 
 
 def sample_bytes(sample) -> int:
