@@ -31,7 +31,7 @@ def test_unknown_key_names_closest():
 def test_unknown_method_and_benchmark_list_available():
     with pytest.raises(ConfigError, match=r"unknown method 'ewk'; available: .*er.*finetune"):
         load_config("animals-er", ["method.name=ewk", "method.buffer_size=null"])
-    with pytest.raises(ConfigError, match=r"unknown benchmark 'cifar'; available: animals, mm5, synthetic"):
+    with pytest.raises(ConfigError, match=r"unknown benchmark 'cifar'; available: animals, .*mm5, .*synthetic"):
         load_config("animals-finetune", ["benchmark.name=cifar"])
     with pytest.raises(ConfigError, match=r"unknown config 'animals-err' \(did you mean 'animals-er'\?\)"):
         load_config("animals-err")

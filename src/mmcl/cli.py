@@ -62,7 +62,8 @@ def _list(args) -> int:
         print(f"  {n:12s} {first_line(cls)}")
     print("benchmarks:")
     for n, (_, fn) in sorted(BENCHMARKS.items()):
-        print(f"  {n:12s} {first_line(fn)}")
+        shared = sum(f.__module__ == fn.__module__ for _, f in BENCHMARKS.values()) > 1
+        print(f"  {n:12s} {fn.__doc__.strip().splitlines()[0] if shared and fn.__doc__ else first_line(fn)}")
     print("configs:")
     for n in bundled_configs():
         print(f"  {n}{'   (default)' if n == DEFAULT_CONFIG else ''}")
@@ -108,10 +109,13 @@ def _data(args) -> int:
 
     from mmcl.data import mm5
 
+    if args.benchmark == "msvqa-mini":
+        return _data_msvqa(args)
     if args.benchmark != "mm5":
         if Path(args.benchmark).suffix in (".yaml", ".yml"):
             return _data_check(args)
-        raise ConfigError(f"mmcl data: 'mm5' generates data, a stream YAML file is checked; got '{args.benchmark}'")
+        raise ConfigError(f"mmcl data: 'mm5' and 'msvqa-mini' generate data, a stream YAML file is checked; "
+                          f"got '{args.benchmark}'")
     cfg = load_config("mm5-er", args.overrides)
     p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
     rows = []
@@ -128,6 +132,34 @@ def _data(args) -> int:
 
     print()
     print(text_table(["modality", "classes", "train", "test", "size", "generated in", "sha256", "directory"], rows))
+    return 0
+
+
+def _data_msvqa(args) -> int:
+    """Generate (once) msvqa-mini for `benchmark.*` overrides and print its manifest."""
+    import json
+
+    from mmcl.data.msvqa import ensure_msvqa_mini
+    from mmcl.report import text_table
+
+    b = load_config("msvqa-mini-finetune", args.overrides)["benchmark"]
+    root, man = ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
+                                  questions_per_image=b["questions_per_image"])
+    if args.json:
+        print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=1))
+        return 0
+    rows = []
+    for sc, st in man["stats"].items():
+        tr, te = st["train"], st["test"]
+        rows.append([sc, str(tr["images"]), str(te["images"]), str(tr["questions"]), str(te["questions"]),
+                     ",".join(f"{x:.2f}" for x in tr["mean_rgb"]), f"{tr['contrast']:.3f}",
+                     f"{tr['objects_per_image']:.1f}", ", ".join(man["categories"][sc])])
+    print(text_table(["scenario", "train img", "test img", "train q", "test q", "mean rgb", "contrast",
+                      "objects/img", "categories"], rows))
+    print(f"\nquestion types: {', '.join(next(iter(man['stats'].values()))['train']['by_type'])}; "
+          f"boxes: {man['box_format']}")
+    print(f"{man['bytes'] / 1e6:.1f} MB, generated in {man['seconds']:.1f}s, sha256 {man['sha256'][:16]}, "
+          f"seed {man['seed']}\ndirectory: {root}")
     return 0
 
 
@@ -171,9 +203,9 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render report.html of a run directory")
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_report)
-    d = sub.add_parser("data", help="generate and validate a benchmark's embedded data (mm5), or check the data "
+    d = sub.add_parser("data", help="generate and validate a benchmark's embedded data (mm5, msvqa-mini), or check the data "
                                     "of a stream YAML file (decode, validate, encode; no training)")
-    d.add_argument("benchmark", help="mm5, or a YAML config such as my_stream.yaml")
+    d.add_argument("benchmark", help="mm5, msvqa-mini, or a YAML config such as my_stream.yaml")
     d.add_argument("overrides", nargs="*", help="e.g. benchmark.data_seed=1")
     d.add_argument("--json", action="store_true", help="print each manifest as JSON")
     d.set_defaults(fn=_data)

@@ -71,11 +71,31 @@ BASE: dict[str, Any] = {
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
 }
 
+#: Keys of the scenario setting only (DESIGN.md section 3), beside BASE and `vlm.*` (the fields of
+#: `mmcl.models.llava.VLMParams`). A scenario config has no `model`, `encoder` or `data` section.
+SCENARIO: dict[str, Any] = {
+    "stream": {
+        "protocol": "4-step",  # 4-step: one step per scenario | 20-step: each scenario in 5 disjoint sub-tasks, interleaved
+    },
+    "base": {  # the base model: trained once (lm_train=full) on the benchmark's pre-training scenario, cached
+        "epochs": 12,
+        "lr": 2e-3,
+        "batch_size": 32,
+    },
+    "eval": {
+        "max_new_tokens": 48,  # greedy generation budget per answer (a box is about 9 tokens)
+        "predictions": True,  # write predictions.jsonl (every answer of the last evaluation)
+    },
+}
+#: BASE keys that mean nothing in the scenario setting (its schema leaves them out)
+MODALITY_ONLY = ("model.", "encoder.", "data.", "stream.experiences_per_modality", "eval.split", "eval.val_fraction")
+
 #: Keys whose value may differ between a run and its resumption.
 RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
 
 _CHOICES = {
-    "setting": ("modality",),  # "scenario" arrives with the MLLM setting
+    "setting": ("modality", "scenario"),
+    "stream.protocol": ("4-step", "20-step"),
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
@@ -209,12 +229,29 @@ def _schema_for(cfg: dict) -> dict[str, Any]:
     from mmcl.methods import METHODS, method_hparams
 
     schema = {k: v for k, v in flatten(BASE).items()}
+    setting = cfg.get("setting", BASE["setting"])
+    if setting == "scenario":
+        schema = {k: v for k, v in schema.items() if not k.startswith(MODALITY_ONLY)}
+        schema.update(flatten(SCENARIO))
+        from mmcl.models.llava import VLMParams
+
+        for f in dataclasses.fields(VLMParams):
+            d = _field_default(f)
+            schema[f"vlm.{f.name}"] = list(d) if isinstance(d, tuple) else d
     bname = cfg.get("benchmark", {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None
     mname = cfg.get("method", {}).get("name") if isinstance(cfg.get("method"), dict) else None
     if bname not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{bname}'; available: {', '.join(sorted(BENCHMARKS))}")
     if mname not in METHODS:
         raise ConfigError(f"unknown method '{mname}'; available: {', '.join(sorted(METHODS))}")
+    if setting in _CHOICES["setting"]:  # (a bad setting is reported with the other choices)
+        b_setting = getattr(benchmark_params(bname), "setting", "modality")
+        if b_setting != setting:
+            raise ConfigError(f"benchmark '{bname}' belongs to the {b_setting} setting; set setting={b_setting}")
+        if setting not in getattr(METHODS[mname], "settings", ("modality",)):
+            able = sorted(n for n, c in METHODS.items() if setting in getattr(c, "settings", ("modality",)))
+            raise ConfigError(f"method '{mname}' does not support the {setting} setting yet; "
+                              f"methods of that setting: {', '.join(able)}")
     for f in dataclasses.fields(benchmark_params(bname)):
         schema[f"benchmark.{f.name}"] = _field_default(f)
     for f in dataclasses.fields(method_hparams(mname)):
@@ -234,6 +271,9 @@ def validate(cfg: dict) -> dict:
     """Return the fully resolved config (all defaults filled in) or raise ConfigError."""
     schema = _schema_for(cfg)
     flat = flatten(cfg)
+    if cfg.get("setting") == "scenario":  # BASE's modality-only defaults were overlaid too: not the user's keys
+        base = flatten(BASE)
+        flat = {k: v for k, v in flat.items() if not (k.startswith(MODALITY_ONLY) and k in base and v == base[k])}
     resolved: dict[str, Any] = {}
     for key, value in flat.items():
         if key not in schema:
@@ -252,7 +292,7 @@ def validate(cfg: dict) -> dict:
         set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
     from mmcl.data import benchmark_params
 
-    custom = sorted(k for k, v in out["encoder"].items() if v != "default")
+    custom = sorted(k for k, v in out.get("encoder", {}).items() if v != "default")
     if custom:  # encoders from local checkpoints (mmcl.models.hf): format, directory, model kind
         if not getattr(benchmark_params(out["benchmark"]["name"]), "custom_encoders", False):
             raise ConfigError(f"config key 'encoder.{custom[0]}': benchmark '{out['benchmark']['name']}' uses its "

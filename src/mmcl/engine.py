@@ -6,6 +6,7 @@ batches an uninterrupted one would), the optimiser, evaluation, checkpoints and 
 """
 from __future__ import annotations
 
+import json
 import math
 import platform
 import random
@@ -23,11 +24,11 @@ from mmcl import distributed as dist
 from mmcl.config import ConfigError, diff_keys
 from mmcl.data import DataError, build_stream
 from mmcl.methods import METHODS, Method
-from mmcl.metrics import accuracy, summary
+from mmcl.metrics import SUMMARY_KEYS, accuracy, summary
 from mmcl.results import EventLog, RunDir, atomic_write_text
 from mmcl.stream import Stream
 
-MATRICES = {"modality": ("modality_aware", "modality_agnostic")}
+MATRICES = {"modality": ("modality_aware", "modality_agnostic"), "scenario": ("vqa", "grounding_f1")}
 
 
 class Interrupted(Exception):
@@ -109,6 +110,22 @@ def evaluate(method: Method, stream: Stream, after: int, cfg: dict, progress: bo
     return {"modality_aware": aware, "modality_agnostic": agnostic}
 
 
+def evaluator(setting: str):
+    """The function that scores one matrix row in `setting`."""
+    if setting == "scenario":
+        from mmcl.scenario.evaluation import evaluate_scenario
+
+        return evaluate_scenario
+    return evaluate
+
+
+def summarize(A: list, b: list | None) -> dict:
+    """`metrics.summary`, or all None when a trained cell has no score (a step without questions of that kind)."""
+    if any(A[i][j] is None for i in range(len(A)) for j in range(i + 1)):
+        return {k: None for k in SUMMARY_KEYS}
+    return summary(A, b)
+
+
 class Engine:
     """Runs one config into one run directory, resumably."""
 
@@ -139,6 +156,8 @@ class Engine:
         if not dist.is_main():
             self.stream = build_stream(cfg)
         seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
+        if dist.active() and cfg["setting"] == "scenario":
+            raise ConfigError("the scenario setting runs in one process for now (no torchrun)")
         self.method = build_method(self.stream, cfg)
         if dist.active() and self.method.trainable_parameters():
             # find_unused_parameters: on a multimodal stream a step uses one modality's input projection
@@ -276,9 +295,13 @@ class Engine:
         row = None
         if dist.is_main():
             t0 = time.perf_counter()
-            row = evaluate(self.method, self.stream, after, self.cfg, self.progress)
+            row = evaluator(self.cfg["setting"])(self.method, self.stream, after, self.cfg, self.progress)
             dt = time.perf_counter() - t0
             self.timing["eval_s"] += dt
+            predictions = row.pop("predictions", None)  # scenario setting: every answer, kept for the last row
+            if predictions is not None and after == len(self.stream) - 1 and self.cfg["eval"]["predictions"]:
+                atomic_write_text(self.run_dir.path / "predictions.jsonl",
+                                  "".join(json.dumps(r) + "\n" for r in predictions))
             self.events.log("eval", after=after, eval_s=round(dt, 4), **row)
         return dist.broadcast_object(row)
 
@@ -297,7 +320,7 @@ class Engine:
             "experiences": [e.describe(stream.class_names) for e in stream],
             "matrices": self.rows,
             "baseline": self.baseline,
-            "summary": {name: summary(A, self.baseline[name]) for name, A in self.rows.items()},
+            "summary": {name: summarize(A, self.baseline[name]) for name, A in self.rows.items()},
             "timing": timing,
             "stream_info": stream.info,
         }

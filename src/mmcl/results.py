@@ -68,7 +68,7 @@ class RunDir:
         import shutil
 
         for pattern in ("metrics.json", "matrix_*.csv", "matrix_*.png", "curves.png", "report.html",
-                        "events.jsonl", "data_errors.txt", CHECKPOINT):
+                        "events.jsonl", "data_errors.txt", "predictions.jsonl", CHECKPOINT):
             for f in self.path.glob(pattern):
                 f.unlink()
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)

@@ -1,5 +1,8 @@
 """Experience / Stream: what is learned, in which order.
 
+In the scenario setting an experience is a step (one scenario or sub-task) whose data are
+`SampleSet`s of visual questions; it has no classes, and the stream has no anchors.
+
 Data reaches methods as `TensorSet`s: named tensors of equal length (features, labels, ...),
 already decoded and validated by a reader. Class ids are assigned in order of first
 appearance in the stream, so the classes seen after experience i are exactly
@@ -60,6 +63,65 @@ class TensorSet:
             yield {k: v[start : start + batch_size] for k, v in self.tensors.items()}
 
 
+class SampleSet:
+    """Visual questions with their decoded images: the scenario setting's TensorSet.
+
+    Images are held once, as a uint8 tensor (M, 3, H, W); each question points at its image.
+    `take` gives the batch a method sees: {"images", "questions", "answers", "grounding", "ids"}.
+    """
+
+    def __init__(self, images: torch.Tensor, image_index: torch.Tensor, questions: list[str], answers: list[str],
+                 grounding: torch.Tensor, ids: list[str], scenarios: list[str]):
+        n = len(image_index)
+        if not (len(questions) == len(answers) == len(grounding) == len(ids) == len(scenarios) == n):
+            raise ValueError("SampleSet fields differ in length")
+        self.images, self.image_index = images, image_index.long()
+        self.questions, self.answers, self.ids, self.scenarios = list(questions), list(answers), list(ids), list(scenarios)
+        self.grounding = grounding.bool()
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def take(self, idx: torch.Tensor) -> dict:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        ii = idx.tolist()
+        return {"images": self.images[self.image_index[idx]], "questions": [self.questions[i] for i in ii],
+                "answers": [self.answers[i] for i in ii], "grounding": self.grounding[idx],
+                "ids": [self.ids[i] for i in ii]}
+
+    def subset(self, idx: torch.Tensor) -> "SampleSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        ii = idx.tolist()
+        pick = lambda xs: [xs[i] for i in ii]  # noqa: E731
+        return SampleSet(self.images, self.image_index[idx], pick(self.questions), pick(self.answers),
+                         self.grounding[idx], pick(self.ids), pick(self.scenarios))
+
+    @staticmethod
+    def cat(sets: list["SampleSet"]) -> "SampleSet":
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            return SampleSet.empty()
+        if all(s.images is sets[0].images for s in sets):  # subsets of one benchmark share its images
+            images, index = sets[0].images, torch.cat([s.image_index for s in sets])
+        else:
+            offsets = torch.tensor([0] + [len(s.images) for s in sets[:-1]]).cumsum(0)
+            images = torch.cat([s.images for s in sets])
+            index = torch.cat([s.image_index + int(o) for s, o in zip(sets, offsets)])
+        return SampleSet(images, index, sum((s.questions for s in sets), []), sum((s.answers for s in sets), []),
+                         torch.cat([s.grounding for s in sets]), sum((s.ids for s in sets), []),
+                         sum((s.scenarios for s in sets), []))
+
+    @staticmethod
+    def empty() -> "SampleSet":
+        return SampleSet(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), [], [],
+                         torch.zeros(0, dtype=torch.bool), [], [])
+
+    def batches(self, batch_size: int):
+        """Batches in stored order (evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self.take(torch.arange(start, min(start + batch_size, len(self))))
+
+
 @dataclass
 class Experience:
     """One step of the stream: its training and test data and the classes it introduces."""
@@ -71,8 +133,11 @@ class Experience:
     train: TensorSet
     test: TensorSet
     scenario: str | None = None
+    info: dict = field(default_factory=dict)  # scenario steps: sub-task and sizes, shown in metrics.json
 
     def describe(self, class_names: list[str]) -> dict:
+        if self.scenario is not None and not self.classes:  # a step of the scenario setting: no classes
+            return {"name": self.name, "scenario": self.scenario, **self.info}
         d = {"name": self.name, "modality": self.modality, "classes": [class_names[c] for c in self.classes]}
         if self.scenario is not None:
             d["scenario"] = self.scenario
@@ -90,6 +155,7 @@ class Stream:
     anchors: torch.Tensor  # (num_classes, d) unit-norm text embeddings of the class names
     info: dict = field(default_factory=dict)  # provenance: split, sizes, hashes, encoders
     data_errors: list[str] = field(default_factory=list)  # input files left out (data.on_error=skip): "<path>: <reason>"
+    pretrain: "SampleSet | None" = None  # scenario setting: what the base model is trained on (not a step)
 
     def __post_init__(self):
         seen: list[int] = []

@@ -49,7 +49,7 @@ def build_stream(cfg: dict) -> Stream:
     params_cls, build = BENCHMARKS[name]
     fields = {f.name for f in dataclasses.fields(params_cls)}
     stream = build(params_cls(**{k: v for k, v in b.items() if k in fields}), cfg)
-    if cfg["eval"]["split"] == "validation":
+    if cfg["eval"].get("split") == "validation":
         stream = validation_stream(stream, cfg["eval"]["val_fraction"], cfg["seed"])
     return stream
 
@@ -95,3 +95,4 @@ def class_order(n: int, cfg: dict) -> list[int]:
 
 # built-in benchmarks register themselves on import
 from mmcl.data import animals, mm5, synthetic, user  # noqa: E402,F401
+from mmcl.data.msvqa import benchmark as _msvqa_benchmarks  # noqa: E402,F401  (scenario setting)

@@ -7,7 +7,14 @@ Hooks, in the order the engine calls them for every experience:
   after_backward()            after gradients exist, before the optimiser step
   after_experience(exp)       consolidation: buffers, statistics, snapshots
   predict(batch, n, known_modality=False)
-                              logits over the first n classes (evaluation)
+                              logits over the first n classes (evaluation); in the
+                              scenario setting: the answer strings (n is None)
+
+The scenario setting (`cfg["setting"] == "scenario"`, DESIGN.md section 3) uses the same hooks:
+the model is a `VLM` (`mmcl.scenario.base_model`), a batch is {"images", "questions",
+"answers", ...} (a `SampleSet` slice), the default loss is the answer-token cross-entropy and
+`predict` answers by greedy generation. A method declares the settings it supports in
+`settings`; the config rejects the others.
 
 The two protocols. In `batch`, "m" is the sample's input modality (which encoder made its
 tokens; per-modality input projections use it, as a real system knows an audio file from an
@@ -44,6 +51,8 @@ class Method:
     """Base class: plain fine-tuning behaviour for every hook."""
 
     name = "base"
+    #: settings whose streams this method can learn (DESIGN.md sections 2 and 3)
+    settings: tuple[str, ...] = ("modality",)
     #: predict() picks modality-specific parameters when told the modality (see module doc)
     uses_known_modality = False
 
@@ -56,6 +65,7 @@ class Method:
         self.cfg = cfg
         self.hp = hp
         self.experience: Experience | None = None
+        self.scenario = cfg["setting"] == "scenario"
         self.model = self.build_model(stream, cfg)
         # everything random a method does goes through this generator, whose state is
         # checkpointed; seeded identically on every rank
@@ -65,6 +75,10 @@ class Method:
     # -- model ------------------------------------------------------------------------
     @staticmethod
     def build_model(stream: Stream, cfg: dict) -> nn.Module:
+        if cfg["setting"] == "scenario":
+            from mmcl.scenario.base_model import build_scenario_model
+
+            return build_scenario_model(stream, cfg)
         keys = stream.feature_keys
         m = cfg["model"]
         if "tokens" in keys:  # token features: prompts on the frozen transformer
@@ -104,6 +118,8 @@ class Method:
         return exp.train
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.scenario:  # cross-entropy on the answer tokens
+            return self.model.loss(batch)
         logits = self.model.logits(self.net(batch), self.num_seen)
         return F.cross_entropy(logits, batch["y"])
 
@@ -114,7 +130,10 @@ class Method:
         pass
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor], num_classes: int, known_modality: bool = False) -> torch.Tensor:
+    def predict(self, batch: dict[str, torch.Tensor], num_classes: int | None, known_modality: bool = False):
+        if self.scenario:  # batched greedy decoding with a KV cache
+            return self.model.generate(batch["images"], batch["questions"],
+                                       max_new_tokens=self.cfg["eval"]["max_new_tokens"])
         return self.model.logits(self.model(batch), num_classes)
 
     # -- state --------------------------------------------------------------------------
@@ -127,6 +146,8 @@ class Method:
 
     def model_state(self) -> dict:
         """The model's state without frozen pretrained parts (rebuilt from their packages)."""
+        if self.scenario:  # LoRA, projector, trainable tower: the base model is rebuilt from its cache
+            return self.model.trainable_state_dict()
         frozen = getattr(self.model, "FROZEN", ())
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith(frozen)}
 
@@ -135,8 +156,12 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        frozen = getattr(self.model, "FROZEN", ())
-        bad = [k for k in missing if not k.startswith(frozen)] + list(unexpected)
+        if self.scenario:
+            trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            bad = [k for k in missing if k in trained] + list(unexpected)
+        else:
+            frozen = getattr(self.model, "FROZEN", ())
+            bad = [k for k in missing if not k.startswith(frozen)] + list(unexpected)
         if bad:
             raise ValueError(f"checkpoint does not match the model: {bad[:3]}")
         self.rng.set_state(state["rng"])

@@ -152,6 +152,14 @@ class VLM(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
 
+    def set_training(self, params: VLMParams) -> None:
+        """Switch what trains (lm_train, LoRA, tower, projector) to `params`, keeping the current weights:
+        e.g. from a base model trained with lm_train=full to LoRA fine-tuning. LoRA is added only once."""
+        if self.lora_parameters() and params.lm_train == "lora":
+            raise ValueError("this model already has LoRA adapters")
+        self.params = params
+        self._apply_lora_and_trainability()
+
     def _apply_lora_and_trainability(self) -> None:
         p = self.params
         if p.lm_train not in ("lora", "full", "frozen"):

@@ -1,0 +1,93 @@
+"""The scenario setting's model: a VLM (`vlm.*`) that starts from a base model trained once, then fine-tunes.
+
+A pretrained MLLM knows how to answer before the continual stream starts. The embedded presets
+start from random weights, so the benchmark's pre-training scenario (msvqa-mini's `ground`:
+plain ground-level scenes, never a step of the stream) first trains the whole model
+(lm_train=full, vision tower and projector) for `base.epochs`. The result is cached under
+`$MMCL_CACHE/models/scenario-base/<key>.pt`, the key a hash of everything that determines it:
+the model parameters that shape the weights, `base.*`, the data's hash and the number of
+pre-training questions. Then the model is switched to the stream's training regime
+(`vlm.lm_train`, by default LoRA on the language model, plus projector / tower per config).
+
+Base training draws its randomness from its own generators inside `fork_rng`, so a run behaves
+the same whether the base model came from the cache or was just trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+
+import torch
+
+from mmcl.config import cache_dir
+from mmcl.models.llava import VLM, VLMParams, build_vlm
+from mmcl.results import atomic_write_bytes, atomic_write_text
+from mmcl.stream import SampleSet, Stream
+
+VERSION = "1"
+#: VLMParams fields that only say what the *stream* trains; they do not change the base weights
+STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "train_projector")
+
+
+def vlm_params(cfg: dict) -> VLMParams:
+    return VLMParams.from_dict(cfg["vlm"])
+
+
+def base_key(cfg: dict, stream: Stream) -> dict:
+    p = {k: v for k, v in dataclasses.asdict(vlm_params(cfg)).items() if k not in STREAM_ONLY}
+    p["lora_targets"] = None
+    return {"version": VERSION, "vlm": p, "base": dict(cfg["base"]), "data_sha256": stream.info.get("sha256"),
+            "base_scenario": stream.info.get("base_scenario"), "questions": len(stream.pretrain)}
+
+
+def train_base(vlm: VLM, data: SampleSet, bcfg: dict, seed: int, progress: bool = True) -> dict:
+    """Train every trainable parameter of `vlm` on `data` (answer-token cross-entropy, Adam)."""
+    params = [p for p in vlm.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=bcfg["lr"])
+    bs, losses, t0 = int(bcfg["batch_size"]), [], time.perf_counter()
+    vlm.train()
+    for epoch in range(int(bcfg["epochs"])):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(data), generator=g)
+        total = 0.0
+        for s in range(0, len(data), bs):
+            loss = vlm.loss(data.take(order[s:s + bs]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(order[s:s + bs])
+        losses.append(round(total / len(data), 4))
+        if progress:
+            print(f"base model: epoch {epoch + 1}/{bcfg['epochs']} loss {losses[-1]:.4f} "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    return {"epoch_losses": losses, "train_s": round(time.perf_counter() - t0, 2), "questions": len(data)}
+
+
+def build_scenario_model(stream: Stream, cfg: dict) -> VLM:
+    """The VLM of `cfg["vlm"]`, from the cached base model when the stream has pre-training data."""
+    params = vlm_params(cfg)
+    full = dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True)
+    vlm = build_vlm(full)
+    if stream.pretrain is not None and len(stream.pretrain):
+        key = base_key(cfg, stream)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        path = cache_dir() / "models" / "scenario-base" / f"{digest}.pt"
+        meta_path = path.with_suffix(".json")
+        if path.is_file() and meta_path.is_file():
+            vlm.hf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            meta = json.loads(meta_path.read_text())
+        else:
+            with torch.random.fork_rng():
+                info = train_base(vlm, stream.pretrain, cfg["base"], params.seed,
+                                  progress=bool(cfg["logging"]["progress"]))
+            buf = io.BytesIO()
+            torch.save({k: v.contiguous() for k, v in vlm.hf.state_dict().items()}, buf)
+            atomic_write_bytes(path, buf.getvalue())
+            meta = {"key": key, **info, "path": str(path)}
+            atomic_write_text(meta_path, json.dumps(meta, indent=1))  # written last: the pair is complete
+        stream.info["base_model"] = {k: meta[k] for k in ("path", "epoch_losses", "train_s", "questions")}
+    vlm.set_training(params)
+    return vlm

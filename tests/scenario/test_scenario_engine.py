@@ -1,0 +1,167 @@
+"""The scenario setting end to end: config, msvqa-mini and llava-json streams, protocols, engine, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmcl import cli
+from mmcl.config import BASE, ConfigError, deep_merge, load_config, validate
+from mmcl.data import build_stream
+from mmcl.data.msvqa import STREAM_SCENARIOS
+from mmcl.engine import Interrupted, run
+from mmcl.methods.finetune import Finetune
+from tests.conftest import metrics_without_timing, write_cfg
+
+TINY_VLM = {"preset": "tiny", "image_size": 32, "patch_size": 16, "lm_dim": 64, "lm_layers": 1,
+            "vision_dim": 32, "vision_layers": 1}
+
+
+def scenario_cfg(method: str = "finetune", /, **sections) -> dict:
+    """A validated scenario config: msvqa-mini with 5 train / 5 test images per scenario, a tiny model."""
+    cfg = deep_merge(BASE, {
+        "setting": "scenario",
+        "benchmark": {"name": "msvqa-mini", "train_images": 5, "test_images": 5, "questions_per_image": 3},
+        "method": {"name": method},
+        "vlm": TINY_VLM,
+        "base": {"epochs": 2, "lr": 3e-3, "batch_size": 16},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 3e-3},
+        "eval": {"batch_size": 32, "max_new_tokens": 8},
+        "logging": {"progress": False},
+        "report": False,
+    })
+    if "benchmark" in sections:  # another benchmark's keys replace msvqa-mini's
+        cfg["benchmark"] = sections.pop("benchmark")
+    return validate(deep_merge(cfg, sections))
+
+
+def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):
+    cfg = scenario_cfg("finetune", report=True)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(write_cfg(tmp_path / "c.yaml", cfg)), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["setting"] == "scenario" and m["benchmark"] == "msvqa-mini" and m["method"] == "finetune"
+    assert [e["scenario"] for e in m["experiences"]] == list(STREAM_SCENARIOS)
+    assert all("classes" not in e and e["train"] == 15 and e["test"] == 15 for e in m["experiences"])
+    assert set(m["matrices"]) == {"vqa", "grounding_f1"}
+    for name, A in m["matrices"].items():
+        assert len(A) == 4 and all(len(r) == 4 for r in A)
+        assert all(0.0 <= v <= 1.0 for r in A for v in r), name
+        assert set(m["summary"][name]) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt"}
+        assert (out / f"matrix_{name}.csv").is_file() and (out / f"matrix_{name}.png").is_file()
+    assert m["stream_info"]["order"] == list(STREAM_SCENARIOS)
+    assert m["stream_info"]["base_model"]["questions"] == 15  # trained on the ground scenario, cached
+    assert Path(m["stream_info"]["base_model"]["path"]).is_file()
+    preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 60 and {"step", "question", "answer", "prediction"} <= set(preds[0])
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    names = set(ckpt["method"]["model"])
+    assert any("lora_" in n for n in names) and any("multi_modal_projector" in n for n in names)
+    assert not any("embed_tokens" in n for n in names)  # the frozen base model is not in the checkpoint
+    cfg_out = (out / "config.yaml").read_text()
+    assert "setting: scenario" in cfg_out and "hidden_dim" not in cfg_out
+
+
+def test_20step_protocol_interleaves_disjoint_subtasks_seeded():
+    cfg = scenario_cfg(stream={"protocol": "20-step", "order": "random"}, seed=1)
+    s = build_stream(cfg)
+    assert len(s) == 20 and s.info["order"] == [e.name for e in s]
+    for r in range(5):  # every round holds every scenario once: scenarios recur
+        assert sorted(e.scenario for e in s.experiences[4 * r:4 * r + 4]) == sorted(STREAM_SCENARIOS)
+        assert {e.info["sub_task"] for e in s.experiences[4 * r:4 * r + 4]} == {r + 1}
+    for sc in STREAM_SCENARIOS:
+        steps = [e for e in s if e.scenario == sc]
+        for split in ("train", "test"):
+            ids = [set(getattr(e, split).ids) for e in steps]
+            imgs = [set(getattr(e, split).image_index.tolist()) for e in steps]
+            assert sum(map(len, ids)) == len(set().union(*ids)) == 15  # disjoint, together the whole scenario
+            assert sum(map(len, imgs)) == len(set().union(*imgs))  # no image in two sub-tasks
+    again = build_stream(cfg)
+    assert [e.name for e in again] == [e.name for e in s] and again[3].train.ids == s[3].train.ids
+    other = build_stream(scenario_cfg(stream={"protocol": "20-step", "order": "random"}, seed=2))
+    assert [e.name for e in other] != [e.name for e in s]
+    fixed = build_stream(scenario_cfg(stream={"protocol": "20-step"}))
+    assert [e.scenario for e in fixed][:8] == list(STREAM_SCENARIOS) * 2
+
+
+def test_resume_mid_stream_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = scenario_cfg("finetune", train={"epochs": 2, "batch_size": 8, "lr": 3e-3})
+    run(cfg, str(tmp_path / "full"))
+    calls = {"n": 0}
+    original = Finetune.training_loss
+
+    def loss_then_sigterm(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # step 2 (4 batches per step): in the middle of its first epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(Finetune, "training_loss", loss_then_sigterm)
+    with pytest.raises(Interrupted):
+        run(cfg, str(tmp_path / "cut"))
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["position"] == {"exp": 1, "epoch": 0, "step": 2}
+    monkeypatch.setattr(Finetune, "training_loss", original)
+    run(cfg, str(tmp_path / "cut"), resume=True)
+    assert metrics_without_timing(tmp_path / "cut") == metrics_without_timing(tmp_path / "full")
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown config key 'vlm.lora_rank'; closest valid key: 'vlm.lora_r'"):
+        scenario_cfg(vlm={**TINY_VLM, "lora_rank": 4})
+    with pytest.raises(ConfigError, match="'stream.protocol' must be one of 4-step, 20-step"):
+        scenario_cfg(stream={"protocol": "10-step"})
+    with pytest.raises(ConfigError, match="unknown config key 'model.hidden_dim'"):
+        scenario_cfg(model={"hidden_dim": 3})
+    with pytest.raises(ConfigError, match="method 'er' does not support the scenario setting"):
+        scenario_cfg("er")
+    with pytest.raises(ConfigError, match="belongs to the scenario setting; set setting=scenario"):
+        load_config("msvqa-mini-finetune", ["setting=modality"])
+    with pytest.raises(ConfigError, match="unknown config key 'stream.protocol'"):
+        load_config("mm5-finetune", ["stream.protocol=4-step"])  # the modality setting has no protocols
+    assert cli.main(["run", "msvqa-mini-finetune", "stream.protocol=3-step", "--out", str(tmp_path / "x")]) == 2
+    assert "must be one of 4-step, 20-step" in capsys.readouterr().err
+
+
+def _llava_fixture(root: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    entries = {"train": [], "test": []}
+    for split, n in (("train", 6), ("test", 3)):
+        for i in range(n):
+            for sc in ("harbour", "forest"):
+                name = f"img/{sc}-{split}-{i}.png"
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name)
+                entries[split].append({"id": f"{sc}-{split}-{i}", "image": name, "scenario": sc, "conversations": [
+                    {"from": "human", "value": "<image>\nHow many boats are there?"}, {"from": "gpt", "value": str(i % 3)},
+                    {"from": "human", "value": "Where is the boat?"}, {"from": "gpt", "value": "[10,10,50,60]"}]})
+    paths = []
+    for split, es in entries.items():
+        paths.append(root / f"{split}.json")
+        paths[-1].write_text(json.dumps(es))
+    return paths[0], paths[1]
+
+
+def test_llava_json_benchmark_runs_a_user_stream(tmp_path):
+    train, test = _llava_fixture(tmp_path / "data")
+    bench = {"name": "llava-json", "train": str(train), "test": str(test)}
+    cfg = scenario_cfg("joint", benchmark=bench)
+    s = build_stream(cfg)
+    assert [e.scenario for e in s] == ["harbour", "forest"] and s.pretrain is None
+    assert len(s[0].train) == 12 and int(s[0].train.grounding.sum()) == 6 and len(s[1].test) == 6
+    assert tuple(s[0].train.images.shape[1:]) == (3, 32, 32)  # decoded once, resized to the model's input
+    m = run(cfg, str(tmp_path / "run"))
+    assert len(m["matrices"]["vqa"]) == 2 and all(0 <= v <= 1 for r in m["matrices"]["grounding_f1"] for v in r)
+    # a base scenario is held out of the stream and trains the base model
+    s2 = build_stream(scenario_cfg(benchmark={**bench, "base_scenario": "forest"}))
+    assert [e.scenario for e in s2] == ["harbour"] and len(s2.pretrain) == 12
+    with pytest.raises(ConfigError, match="no training questions"):
+        build_stream(scenario_cfg(benchmark={**bench, "scenarios": ["desert"]}))
+    with pytest.raises(ConfigError, match="benchmark.train"):
+        scenario_cfg(benchmark={"name": "llava-json"})
