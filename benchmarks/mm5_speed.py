@@ -53,7 +53,8 @@ def main() -> int:
         feats, _ = mm5.modality_features(m, p, cfg)
         t2 = time.perf_counter()
         rows.append((m, t1 - t0, t2 - t1, len(feats["y"])))
-    print(f"mm5 data ({'cold' if args.cold else 'cache as found'}; threads={cfg['threads']})")
+    threads = cfg["threads"] or f"torch default, {__import__('torch').get_num_threads()}"
+    print(f"mm5 data ({'cold' if args.cold else 'cache as found'}; threads: {threads})")
     print(f"{'modality':10s}{'samples':>9s}{'generate s':>12s}{'features s':>12s}")
     for m, g, f, n in rows:
         print(f"{m:10s}{n:9d}{g:12.1f}{f:12.1f}")
@@ -69,10 +70,12 @@ def main() -> int:
         results.append((name, wall, t["train_s"], t["eval_s"], t["samples_per_s"],
                         s["modality_aware"]["last_acc"], s["modality_agnostic"]["last_acc"]))
         print(f"  {name}: {wall:.1f} s", file=sys.stderr, flush=True)
-    print(f"warm runs (threads={cfg['threads']}, {cfg['train']['epochs']} epochs per experience)")
+    print(f"warm runs (threads: {threads}; each method's default hyper-parameters; "
+          f"{cfg['train']['epochs']} epochs per experience)")
     print(f"{'method':12s}{'wall s':>8s}{'train s':>9s}{'eval s':>8s}{'samples/s':>11s}{'aware':>8s}{'agnostic':>10s}")
     for name, wall, tr, ev, sps, aw, ag in results:
-        print(f"{name:12s}{wall:8.1f}{tr:9.1f}{ev:8.1f}{sps:11.0f}{aw:8.3f}{ag:10.3f}")
+        sps = "–" if sps is None else f"{sps:.0f}"  # no training (zeroshot)
+        print(f"{name:12s}{wall:8.1f}{tr:9.1f}{ev:8.1f}{sps:>11s}{aw:8.3f}{ag:10.3f}")
     if tmp is not None:
         tmp.cleanup()
     return 0
