@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mmcl.config import BASE, deep_merge, validate
@@ -69,3 +70,36 @@ def tiny_token_cfg(method_name: str = "finetune", /, **sections) -> dict:
              "train_per_class": 40, "test_per_class": 20}
     bench.update(sections.pop("benchmark", {}))
     return tiny_cfg(method_name, benchmark=bench, **sections)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: threads buy nothing, and on a shared machine they oversubscribe the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_steps(m, exp, steps: int, opt=None):
+    """`steps` optimiser steps of method `m` on batches of 8 of `exp`'s training data, in order."""
+    from mmcl.engine import make_optimizer
+
+    m.experience = exp
+    opt = opt or make_optimizer(m.param_groups(), m.cfg["train"])
+    for s in range(steps):
+        batch = exp.train.take(torch.arange(s * 8, s * 8 + 8) % len(exp.train))
+        loss = m.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return opt
+
+
+def run_experience(m, exp, steps: int, opt=None):
+    """What the engine does for one experience, with fewer steps."""
+    m.experience = exp
+    m.before_experience(exp)
+    opt = train_steps(m, exp, steps, opt)
+    m.after_experience(exp)
+    return opt

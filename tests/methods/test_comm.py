@@ -15,13 +15,7 @@ FAST = {"realign_per_class": 32, "realign_epochs": 3, "relevance_epochs": 10}  #
 RETURNING = {"modalities": ["image", "image", "audio"]}  # image, then image again (new classes), then audio
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many tiny ops: one intra-op thread is much faster than several on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(name="comm", bench=None, **hp):

@@ -7,19 +7,13 @@ import torch.nn.functional as F
 
 from mmcl.data import build_stream
 from mmcl.engine import build_method, make_optimizer, run
-from tests.conftest import tiny_token_cfg
+from tests.conftest import run_experience, tiny_token_cfg, train_steps
 
 SMALL = {"train_per_class": 24, "test_per_class": 12}  # 3 modalities x 2 classes, fast
 HP = {"g_length": 2, "e_length": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: threads buy nothing, and on a shared machine they oversubscribe the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(name="dualprompt", hp=None, **sections):
@@ -36,24 +30,11 @@ def _method(name="dualprompt", **hp):
 
 
 def _steps(m, exp, steps, opt=None):
-    m.experience = exp
-    opt = opt or make_optimizer(m.param_groups(), m.cfg["train"])
-    for s in range(steps):
-        batch = exp.train.take(torch.arange(s * 8, s * 8 + 8) % len(exp.train))
-        loss = m.training_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return opt
+    return train_steps(m, exp, steps, opt)
 
 
 def _experience(m, exp, steps=16, opt=None):
-    """What the engine does for one experience (fewer steps)."""
-    m.experience = exp
-    m.before_experience(exp)
-    opt = _steps(m, exp, steps, opt)
-    m.after_experience(exp)
-    return opt
+    return run_experience(m, exp, steps, opt)
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,14 @@ import pytest
 import torch
 
 from mmcl.data import build_stream
-from mmcl.engine import build_method, make_optimizer, run
-from tests.conftest import tiny_token_cfg
+from mmcl.engine import build_method, run
+from tests.conftest import run_experience, tiny_token_cfg, train_steps
 
 SMALL = {"train_per_class": 24, "test_per_class": 12}  # 3 modalities x 2 classes, fast
 HP = {"pool_size": 6, "length": 2, "top_n": 2}  # small pool: 4 prompt tokens per sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: threads buy nothing, and on a shared machine they oversubscribe the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(name="l2p", hp=None, **sections):
@@ -35,23 +29,11 @@ def _method(name="l2p", **hp):
 
 
 def _steps(m, exp, steps, opt=None):
-    m.experience = exp
-    opt = opt or make_optimizer(m.param_groups(), m.cfg["train"])
-    for s in range(steps):
-        batch = exp.train.take(torch.arange(s * 8, s * 8 + 8) % len(exp.train))
-        loss = m.training_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return opt
+    return train_steps(m, exp, steps, opt)
 
 
-def _experience(m, exp, steps=24):
-    """What the engine does for one experience (fewer steps)."""
-    m.experience = exp
-    m.before_experience(exp)
-    _steps(m, exp, steps)
-    m.after_experience(exp)
+def _experience(m, exp, steps=24, opt=None):
+    return run_experience(m, exp, steps, opt)
 
 
 @pytest.fixture(scope="module")

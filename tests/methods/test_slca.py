@@ -11,13 +11,7 @@ from mmcl.stream import TensorSet
 from tests.conftest import tiny_cfg, tiny_token_cfg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: threads buy nothing, and on a shared machine they oversubscribe the cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _method(name="slca", cfg_fn=tiny_token_cfg, **hp):
