@@ -1,0 +1,140 @@
+"""`quad` on tiny scenario streams: question-only memory, replay targets and attention maps of the previous model."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from mmcl import cli
+from mmcl.config import load_config
+from mmcl.data import build_stream
+from mmcl.engine import Interrupted, build_method, run
+from mmcl.methods.quad import BLOCKS, Quad, attention_blocks
+from tests.conftest import metrics_without_timing, write_cfg
+from tests.scenario.test_scenario_engine import TINY_VLM, scenario_cfg
+
+
+def steps_cfg(**method):
+    return scenario_cfg(method={"name": "quad", "memory": 12, "replay_batch_size": 4, **method},
+                        train={"epochs": 1, "batch_size": 8, "lr": 3e-3})
+
+
+def train_step(m: Quad, exp) -> None:
+    m.experience = exp
+    m.before_experience(exp)
+    opt = torch.optim.Adam(m.param_groups(), lr=3e-3)
+    for batch in exp.train.batches(8):
+        loss = m.training_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    m.after_experience(exp)
+
+
+def test_memory_holds_questions_only_within_budget():
+    cfg = steps_cfg()
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    train_step(m, stream[0])
+    train_step(m, stream[1])
+    assert list(m.memory) == [stream[0].name, stream[1].name]
+    qs, gs = m.stored_questions()
+    assert len(qs) == 12 and all(len(x["questions"]) == 6 for x in m.memory.values())
+    assert all(isinstance(q, str) for q in qs) and set(qs) <= set(stream[0].train.questions + stream[1].train.questions)
+
+    def tensors(x):
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from tensors(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from tensors(v)
+
+    assert not list(tensors(m.memory))  # no images, no tensors at all: text and flags
+    assert "answers" not in next(iter(m.memory.values()))
+    # replay pairs use the current step's images
+    assert m.replay is not None and len(m.replay["questions"]) == 12  # step 1 alone filled the memory at step 2
+    assert set(m.replay["image_index"].tolist()) <= set(stream[1].train.image_index.tolist())
+
+
+def test_distillation_targets_come_from_the_frozen_previous_model():
+    cfg = steps_cfg()
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    batch = next(stream[0].train.batches(8))
+    assert set(m.loss_terms(batch)) == {"task"}  # first step: plain cross-entropy
+    train_step(m, stream[0])
+    m.experience = stream[1]
+    m.before_experience(stream[1])
+    assert m.teacher is not m.model and not any(p.requires_grad for p in m.teacher.parameters())
+    # the replay targets are the previous model's greedy answers to (stored question, current image)
+    imgs = stream[1].train.images[m.replay["image_index"]]
+    assert m.teacher.generate(imgs, m.replay["questions"], max_new_tokens=8) == m.replay["answers"]
+    batch = next(stream[1].train.batches(8))
+    state = m.rng.get_state()
+    terms = m.loss_terms(batch)
+    for b in BLOCKS:  # the student is still the teacher: zero attention distillation
+        assert terms[b].abs().item() < 1e-5
+    opt = torch.optim.Adam(m.param_groups(), lr=3e-3)
+    for _ in range(3):
+        loss = m.training_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    m.rng.set_state(state)
+    teacher_before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    terms = m.loss_terms(batch)
+    assert all(terms[b].item() > 0 for b in BLOCKS) and terms["replay"].item() > 0
+    kd = sum(terms[b] for b in BLOCKS)
+    kd.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.model.lora_parameters())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in m.teacher.state_dict().items())  # frozen
+
+
+def test_attention_maps_have_the_expected_shapes_and_blocks():
+    cfg = steps_cfg()
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    batch = next(stream[0].train.batches(3))
+    tokens = m.model.batch(batch["images"], batch["questions"], batch["answers"])
+    _, att = m._forward(m.model, tokens, True)
+    B, L = tokens["input_ids"].shape
+    heads = max(1, TINY_VLM["lm_dim"] // 32)
+    assert len(att) == TINY_VLM["lm_layers"] and all(a.shape == (B, heads, L, L) for a in att)
+    image, text = attention_blocks(tokens["input_ids"], tokens["attention_mask"], m.model.image_token_id)
+    assert (image.sum(1) == m.model.num_image_tokens).all()  # (32 / 16)^2 = 4 image tokens per sample
+    assert not (image & text).any() and ((image | text) == tokens["attention_mask"].bool()).all()
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = steps_cfg()
+    run(cfg, str(tmp_path / "full"))
+    calls = {"n": 0}
+    original = Quad.training_loss
+
+    def loss_then_sigterm(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the middle of step 3 (2 batches per step): teacher and replay set exist
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(Quad, "training_loss", loss_then_sigterm)
+    with pytest.raises(Interrupted):
+        run(cfg, str(tmp_path / "cut"))
+    monkeypatch.setattr(Quad, "training_loss", original)
+    run(cfg, str(tmp_path / "cut"), resume=True)
+    assert metrics_without_timing(tmp_path / "cut") == metrics_without_timing(tmp_path / "full")
+
+
+def test_mmcl_run_4_steps_and_bundled_config(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["run", str(write_cfg(tmp_path / "c.yaml", steps_cfg())), "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "quad" and len(m["matrices"]["grounding_f1"]) == 4
+    bundled, ft = load_config("msvqa-mini-quad"), load_config("msvqa-mini-finetune")
+    assert all(bundled[k] == ft[k] for k in ("train", "vlm", "base", "eval", "stream"))
