@@ -150,3 +150,16 @@ def test_mmcl_run_4_steps_and_bundled_config(tmp_path):
     ft = load_config("msvqa-mini-finetune")
     assert bundled["method"]["vre"] and bundled["method"]["vcc"]
     assert all(bundled[k] == ft[k] for k in ("train", "vlm", "base", "eval", "stream"))
+
+
+def test_switches_off_is_finetune_and_each_switch_changes_the_outcome(tmp_path):
+    ft = run(scenario_cfg("finetune", train={"epochs": 1, "batch_size": 8, "lr": 3e-3}), str(tmp_path / "ft"))
+    runs = {(v, c): run(steps_cfg(vre=v, vcc=c, lam=10.0), str(tmp_path / f"u{v}{c}"))
+            for v, c in ((False, False), (True, False), (True, True))}
+    assert runs[False, False]["matrices"] == ft["matrices"]  # no branches, no VCC: plain fine-tuning
+    losses = {}
+    for (v, c) in runs:
+        events = [json.loads(ln) for ln in (tmp_path / f"u{v}{c}" / "events.jsonl").read_text().splitlines()]
+        losses[v, c] = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses[True, False] != losses[False, False]  # VRE changes training
+    assert losses[True, True] != losses[True, False]  # VCC changes training (from step 2 on)

@@ -1,8 +1,13 @@
 """`quad`: question-only replay with attention distillation (scenario setting).
 
-Reference: Marczak et al., "No Images, No Problem: Retaining Knowledge in Continual VQA with
-Questions-Only Memory" (QUAD), 2025, as named in DESIGN.md section 3 and issue 6. The paper's
-exact losses were not available to us; this file is our reconstruction of its two ideas.
+Reference: Marouf, Tartaglione, Lathuilière, van de Weijer, "No Images, No Problem: Retaining
+Knowledge in Continual VQA with Questions-Only Memory" (arXiv 2502.04469; v2 titled "Ask and
+Remember: A Questions-Only Replay Strategy for Continual Visual Question Answering"). Follows its
+abstract: only past *questions* are stored (no images), they are replayed to keep the model from
+overfitting to the current step's answers, and attention maps are distilled for intra-modal and
+inter-modal consistency with the previous model. Our reconstruction (the paper's losses were not
+available to us): how questions are chosen and paired with images, the previous model's greedy
+answer as the replay target, which attention blocks, and the row-renormalised KL below.
 
 1. Question-only replay. After each step, questions of that step (text only: no image, no answer)
    go into a memory of fixed size `memory`, split equally over the steps seen so far (a seeded
