@@ -3,6 +3,8 @@
 The engine knows hooks, not methods (see `mmcl.methods.base`). It owns the data order
 (a permutation seeded by (seed, experience, epoch), so a resumed run sees exactly the
 batches an uninterrupted one would), the optimiser, evaluation, checkpoints and timing.
+Both settings run through the same loop; only the row evaluator differs (`evaluate` here for
+`modality`, `mmcl.scenario.evaluation.evaluate_scenario` for `scenario`).
 """
 from __future__ import annotations
 
