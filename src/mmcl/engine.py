@@ -326,6 +326,10 @@ class Engine:
             "timing": timing,
             "stream_info": stream.info,
         }
+        if cfg["setting"] == "scenario":
+            from mmcl.scenario.evaluation import last_row_by_scenario
+
+            metrics["last_by_scenario"] = last_row_by_scenario(self.rows, stream)
         self.run_dir.write_metrics(metrics, [e.name for e in stream])
         self.events.log("run_end", **timing)
         self.events.close()

@@ -56,6 +56,7 @@ def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):
         assert set(m["summary"][name]) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt"}
         assert (out / f"matrix_{name}.csv").is_file() and (out / f"matrix_{name}.png").is_file()
     assert m["stream_info"]["order"] == list(STREAM_SCENARIOS)
+    assert m["last_by_scenario"]["vqa"]["indoor"] == m["matrices"]["vqa"][-1][3]
     assert m["stream_info"]["base_model"]["questions"] == 15  # trained on the ground scenario, cached
     assert Path(m["stream_info"]["base_model"]["path"]).is_file()
     preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]

@@ -63,3 +63,14 @@ def evaluate_scenario(method, stream, after: int, cfg: dict, progress: bool = Fa
                     for i, sc, q, a, p in zip(test.ids, test.scenarios, test.questions, test.answers, answers)]
     method.model.train()
     return {**rows, "predictions": records}
+
+
+def last_row_by_scenario(rows: dict[str, list], stream) -> dict[str, dict[str, float | None]]:
+    """Per matrix, the final row averaged over each scenario's steps (the 20-step protocol has 5 per scenario)."""
+    out = {}
+    for name, A in rows.items():
+        per: dict[str, list] = {}
+        for e, v in zip(stream, A[-1]):
+            per.setdefault(e.scenario, []).append(v)
+        out[name] = {sc: (sum(vs) / len(vs) if None not in vs else None) for sc, vs in per.items()}
+    return out
