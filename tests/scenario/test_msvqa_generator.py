@@ -12,7 +12,8 @@ from PIL import Image
 
 from mmcl.data.msvqa import mini as G
 from mmcl.data.msvqa import (ALL_SCENARIOS, QUESTION_TYPES, ensure_msvqa_mini, load_msvqa_mini, manifest_matches,
-                             parse_boxes, read_llava_json)
+                             read_llava_json)
+from mmcl.scenario import parse_boxes  # the grounding metric's parser reads every answer
 from mmcl.data.msvqa.scenes import COLOURS, MIN_PIXELS, SCENARIOS, SIZE, SceneRenderer
 
 TINY = {"train_images": 2, "test_images": 1, "questions_per_image": 4}

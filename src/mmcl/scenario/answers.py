@@ -11,7 +11,6 @@ yields no boxes (a miss when scored), and parsing never raises.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
 
 Box = tuple[float, float, float, float]
 
@@ -58,10 +57,3 @@ def parse_boxes(text: object) -> list[Box]:
     return boxes
 
 
-def format_boxes(boxes: Iterable[Sequence[float]]) -> str:
-    """The answer text for `boxes` (0-100 coordinates, rounded to integers): `[x1,y1,x2,y2];[...]`."""
-    out = []
-    for b in boxes:
-        x1, y1, x2, y2 = (min(100, max(0, int(round(float(v))))) for v in b)
-        out.append(f"[{x1},{y1},{x2},{y2}]")
-    return ";".join(out)

@@ -28,8 +28,8 @@ of image width (x) and height (y), origin at the top-left, x2/y2 the right/botto
 boxes joined by ``;`` without spaces, in reading order (top edge, then left edge). Boxes are the
 extent of the object's visible pixels in the renderer's segmentation mask. Objects with fewer
 than ``scenes.MIN_PIXELS`` visible pixels are removed from the scene before the final render, so
-every object in the picture is annotated and counted. ``boxes.parse_boxes`` reads model output
-forgivingly (never raises; malformed -> []).
+every object in the picture is annotated and counted. Model output is parsed by
+``mmcl.scenario.answers.parse_boxes`` (the metric's parser; malformed -> [], never raises).
 
 Records (`Sample`, frozen): ``id``, ``image`` (absolute path), ``question`` (no ``<image>`` token),
 ``answer``, ``scenario``, ``boxes`` (tuple of ``ObjectBox(label, (x1, y1, x2, y2))`` in 0-100
@@ -49,7 +49,7 @@ Usage::
     train = load_msvqa_mini("train", scenarios=["underwater"])
     write_llava_json(train, "/tmp/export/underwater.json", image_root=root)
 """
-from mmcl.data.msvqa.boxes import format_box, format_boxes, is_box_answer, parse_box, parse_boxes
+from mmcl.data.msvqa.boxes import format_box, format_boxes, is_box_answer
 from mmcl.data.msvqa.mini import (ALL_SCENARIOS, PRETRAIN_SCENARIO, QUESTION_TYPES, STREAM_SCENARIOS,
                                       ensure_msvqa_mini, generate, load_msvqa_mini, manifest_matches)
 from mmcl.data.msvqa.llava_format import LlavaFormatError, ObjectBox, Sample, read_llava_json, write_llava_json
@@ -57,5 +57,5 @@ from mmcl.data.msvqa.llava_format import LlavaFormatError, ObjectBox, Sample, re
 __all__ = [
     "ALL_SCENARIOS", "PRETRAIN_SCENARIO", "QUESTION_TYPES", "STREAM_SCENARIOS", "LlavaFormatError", "ObjectBox",
     "Sample", "ensure_msvqa_mini", "format_box", "format_boxes", "generate", "is_box_answer", "load_msvqa_mini",
-    "manifest_matches", "parse_box", "parse_boxes", "read_llava_json", "write_llava_json",
+    "manifest_matches", "read_llava_json", "write_llava_json",
 ]
