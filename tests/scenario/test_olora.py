@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from mmcl.data import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.olora import OLoRA
 from tests.conftest import metrics_without_timing, run_experience, train_steps, write_cfg
-from tests.scenario.test_scenario_engine import scenario_cfg
+from tests.scenario.test_scenario_engine import scenario_cfg, sigterm_at_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,16 +119,7 @@ def test_answers_use_every_adapter_without_a_step_id():
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = steps_cfg()
     run(cfg, str(tmp_path / "full"))
-    calls = {"n": 0}
-    original = OLoRA.training_loss
-
-    def loss_then_sigterm(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in the middle of step 3 (2 batches per step): three adapters exist
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch)
-
-    monkeypatch.setattr(OLoRA, "training_loss", loss_then_sigterm)
+    original = sigterm_at_loss(monkeypatch, OLoRA, 5)  # in the middle of step 3 (2 batches per step): three adapters exist
     with pytest.raises(Interrupted):
         run(cfg, str(tmp_path / "cut"))
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)

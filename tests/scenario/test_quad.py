@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -14,24 +12,12 @@ from mmcl.data import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.quad import BLOCKS, Quad, attention_blocks
 from tests.conftest import metrics_without_timing, write_cfg
-from tests.scenario.test_scenario_engine import TINY_VLM, scenario_cfg
+from tests.scenario.test_scenario_engine import TINY_VLM, scenario_cfg, sigterm_at_loss, train_step
 
 
 def steps_cfg(**method):
     return scenario_cfg(method={"name": "quad", "memory": 12, "replay_batch_size": 4, **method},
                         train={"epochs": 1, "batch_size": 8, "lr": 3e-3})
-
-
-def train_step(m: Quad, exp) -> None:
-    m.experience = exp
-    m.before_experience(exp)
-    opt = torch.optim.Adam(m.param_groups(), lr=3e-3)
-    for batch in exp.train.batches(8):
-        loss = m.training_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    m.after_experience(exp)
 
 
 def test_memory_holds_questions_only_within_budget():
@@ -114,16 +100,7 @@ def test_attention_maps_have_the_expected_shapes_and_blocks():
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = steps_cfg()
     run(cfg, str(tmp_path / "full"))
-    calls = {"n": 0}
-    original = Quad.training_loss
-
-    def loss_then_sigterm(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in the middle of step 3 (2 batches per step): teacher and replay set exist
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch)
-
-    monkeypatch.setattr(Quad, "training_loss", loss_then_sigterm)
+    original = sigterm_at_loss(monkeypatch, Quad, 5)  # in the middle of step 3 (2 batches per step): teacher and replay set exist
     with pytest.raises(Interrupted):
         run(cfg, str(tmp_path / "cut"))
     monkeypatch.setattr(Quad, "training_loss", original)

@@ -41,6 +41,34 @@ def scenario_cfg(method: str = "finetune", /, **sections) -> dict:
     return validate(deep_merge(cfg, sections))
 
 
+def train_step(m, exp, lr: float = 3e-3, batch_size: int = 8) -> None:
+    """What the engine does for one experience: one epoch in stored order, a fresh Adam."""
+    m.experience = exp
+    m.before_experience(exp)
+    opt = torch.optim.Adam(m.param_groups(), lr=lr)
+    for batch in exp.train.batches(batch_size):
+        loss = m.training_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    m.after_experience(exp)
+
+
+def sigterm_at_loss(monkeypatch, cls, n: int):
+    """The n-th call of `cls.training_loss` first sends SIGTERM to this process (an interruption
+    in the middle of a step); returns the original method, to restore before resuming."""
+    original, calls = cls.training_loss, {"n": 0}
+
+    def loss_then_sigterm(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(cls, "training_loss", loss_then_sigterm)
+    return original
+
+
 def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):
     cfg = scenario_cfg("finetune", report=True)
     out = tmp_path / "run"
@@ -94,16 +122,7 @@ def test_20step_protocol_interleaves_disjoint_subtasks_seeded():
 def test_resume_mid_stream_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = scenario_cfg("finetune", train={"epochs": 2, "batch_size": 8, "lr": 3e-3})
     run(cfg, str(tmp_path / "full"))
-    calls = {"n": 0}
-    original = Finetune.training_loss
-
-    def loss_then_sigterm(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # step 2 (4 batches per step): in the middle of its first epoch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch)
-
-    monkeypatch.setattr(Finetune, "training_loss", loss_then_sigterm)
+    original = sigterm_at_loss(monkeypatch, Finetune, 6)  # step 2 (4 batches per step): in the middle of its first epoch
     with pytest.raises(Interrupted):
         run(cfg, str(tmp_path / "cut"))
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -14,24 +12,11 @@ from mmcl.data import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.unifier import Unifier
 from tests.conftest import metrics_without_timing, write_cfg
-from tests.scenario.test_scenario_engine import scenario_cfg
+from tests.scenario.test_scenario_engine import scenario_cfg, sigterm_at_loss, train_step
 
 
 def steps_cfg(**method):
     return scenario_cfg(method={"name": "unifier", **method}, train={"epochs": 1, "batch_size": 8, "lr": 3e-3})
-
-
-def train_step(m: Unifier, exp) -> None:
-    """What the engine does for one experience (one epoch, stored order)."""
-    m.experience = exp
-    m.before_experience(exp)
-    opt = torch.optim.Adam(m.param_groups(), lr=3e-3)
-    for batch in exp.train.batches(8):
-        loss = m.training_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    m.after_experience(exp)
 
 
 def branch(m: Unifier, k: int) -> list[torch.Tensor]:
@@ -119,16 +104,7 @@ def test_vcc_only_distils_the_projector_output_of_the_previous_model():
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = steps_cfg()
     run(cfg, str(tmp_path / "full"))
-    calls = {"n": 0}
-    original = Unifier.training_loss
-
-    def loss_then_sigterm(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in the middle of step 3 (2 batches per step): three branches exist
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch)
-
-    monkeypatch.setattr(Unifier, "training_loss", loss_then_sigterm)
+    original = sigterm_at_loss(monkeypatch, Unifier, 5)  # in the middle of step 3 (2 batches per step): three branches exist
     with pytest.raises(Interrupted):
         run(cfg, str(tmp_path / "cut"))
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
