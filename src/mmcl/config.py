@@ -256,6 +256,11 @@ def _schema_for(cfg: dict) -> dict[str, Any]:
         schema[f"benchmark.{f.name}"] = _field_default(f)
     for f in dataclasses.fields(method_hparams(mname)):
         schema[f"method.{f.name}"] = _field_default(f)
+    # a method may default some hyper-parameters differently in a setting (e.g. ewc's lambda in scenario)
+    for k, v in (getattr(METHODS[mname], "setting_defaults", None) or {}).get(setting, {}).items():
+        if f"method.{k}" not in schema:
+            raise ValueError(f"method '{mname}': setting_defaults names '{k}', which is not a hyper-parameter")
+        schema[f"method.{k}"] = v
     return schema
 
 

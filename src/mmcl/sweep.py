@@ -13,7 +13,9 @@ A sweep spec (YAML; bundled ones live in `mmcl/configs/sweeps/`) names the runs:
       ablation: [comm, comm -realign]
 
 Tuning (the same budget for every method): a method class may declare
-`search_space = {"<hparam>": [v1, v2, v3]}`. For each run whose method has one, every candidate
+`search_space = {"<hparam>": [v1, v2, v3]}`, or, where the candidates differ between settings,
+`search_spaces = {"modality": {...}, "scenario": {...}}` (a setting it leaves out falls back to
+`search_space`). For each run whose method has one, every candidate
 is run once with `eval.split=validation` (a seeded per-class hold-out of the *training* data;
 the test split is never read) at the first seed, and the value with the best score (mean of
 `last_acc` over both protocols) is used for all seeds. `tune_as: NAME` reuses the choice of
@@ -121,7 +123,15 @@ def search_space(config: str, overrides: list[str]) -> dict[str, list]:
     from mmcl.methods import METHODS
 
     cfg = load_config(config, overrides)
-    return dict(getattr(METHODS[cfg["method"]["name"]], "search_space", {}) or {})
+    return method_search_space(METHODS[cfg["method"]["name"]], cfg["setting"])
+
+
+def method_search_space(cls, setting: str) -> dict[str, list]:
+    """`cls.search_spaces[setting]` if the method declares one for the setting, else `cls.search_space`."""
+    spaces = getattr(cls, "search_spaces", None) or {}
+    if setting in spaces:
+        return dict(spaces[setting] or {})
+    return dict(getattr(cls, "search_space", {}) or {})
 
 
 def _fmt_value(v) -> str:

@@ -139,8 +139,8 @@ def test_config_errors_name_the_key(tmp_path, capsys):
         scenario_cfg(stream={"protocol": "10-step"})
     with pytest.raises(ConfigError, match="unknown config key 'model.hidden_dim'"):
         scenario_cfg(model={"hidden_dim": 3})
-    with pytest.raises(ConfigError, match="method 'er' does not support the scenario setting"):
-        scenario_cfg("er")
+    with pytest.raises(ConfigError, match="method 'derpp' does not support the scenario setting"):
+        scenario_cfg("derpp")
     with pytest.raises(ConfigError, match="belongs to the scenario setting; set setting=scenario"):
         load_config("msvqa-mini-finetune", ["setting=modality"])
     with pytest.raises(ConfigError, match="unknown config key 'stream.protocol'"):

@@ -24,9 +24,29 @@ Adapted to this setting:
   up to a constant (the teacher's entropy), so the gradients are the same.
 - The teacher is stored (its trainable state only) in `extra_state`, so a run resumed in the
   middle of an experience distils from the same teacher as an uninterrupted one.
+
+Scenario setting (`setting: scenario`): sequence-level distillation on the answer tokens. From
+the second step on the teacher is a frozen deep copy of the VLM taken at the start of the step (as
+quad's previous model). Every current batch is tokenised once and run teacher-forced on its
+ground-truth answers through both models; at every answer-token position (the positions the
+cross-entropy trains, end-of-answer token included) the KL(teacher || student) of the
+temperature-softened next-token distributions over the full vocabulary is taken, averaged over
+the answer tokens of the batch, and times T^2:
+
+    loss = VLM.loss + alpha * T^2 * mean_tokens KL( softmax(t / T) || softmax(f / T) )
+
+(`VLM.loss`: the answer-token cross-entropy every scenario method trains; the student's logits
+for the KL are those of that same forward pass.)
+
+No stored samples: the current questions and images carry the old behaviour. The teacher's
+trainable weights (LoRA, projector, tower; the rest is the cached base model) are in the method
+state, so a resumed run distils from the same teacher. Search space: alpha in {0.1, 1, 10}; the
+token-level KL has no class-count scale to calibrate it against the modality range {0.5, 1, 2},
+so the candidates span two decades around 1, as quad's and unifier's weights do.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +58,10 @@ from mmcl.methods.base import Method, register
 
 @register("lwf")
 class LwF(Method):
+    settings = ("modality", "scenario")
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"alpha": [0.5, 1.0, 2.0]}
+    search_spaces = {"modality": search_space, "scenario": {"alpha": [0.1, 1.0, 10.0]}}
 
     @dataclass
     class Hparams:
@@ -66,6 +88,14 @@ class LwF(Method):
         self.teacher_state, self.num_old, self.teacher = state, num_old, None
         if state is None:
             return
+        if self.scenario:  # a deep copy of the VLM with the previous step's trainable weights
+            teacher = copy.deepcopy(self.model)
+            missing, unexpected = teacher.load_state_dict(state, strict=False)
+            trained = [k for k, p in self.model.named_parameters() if p.requires_grad]
+            if unexpected or any(k not in state for k in trained):
+                raise ValueError("lwf teacher state does not match the model")
+            self.teacher = teacher.eval().requires_grad_(False)
+            return
         teacher = self.build_model(self.stream, self.cfg)
         missing, unexpected = teacher.load_state_dict(state, strict=False)
         frozen = getattr(teacher, "FROZEN", ())
@@ -82,6 +112,8 @@ class LwF(Method):
     # -- loss ---------------------------------------------------------------------------
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The unweighted terms: 'ce' and, from the second experience on, 'kd' (KL at temperature T)."""
+        if self.scenario:
+            return self._scenario_terms(batch)
         logits = self.model.logits(self.net(batch), self.num_seen)
         terms = {"ce": F.cross_entropy(logits, batch["y"])}
         if self.teacher is not None and self.num_old > 0:
@@ -90,6 +122,31 @@ class LwF(Method):
             student = F.log_softmax(logits[:, :self.num_old] / T, dim=1)
             # KL(teacher || student), summed over classes, averaged over the batch
             terms["kd"] = F.kl_div(student, target, reduction="batchmean", log_target=True)
+        return terms
+
+    def _scenario_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Answer-token CE and, with a teacher, the mean over answer tokens of KL(teacher || student) at T."""
+        if self.teacher is None:
+            return {"ce": self.model.loss(batch)}
+        tokens = self.model.batch(batch["images"], batch["questions"], batch["answers"])
+        # one student forward: `VLM.loss` (the CE every scenario method trains, with its own
+        # reduction), its answer-token logits (N, vocab) caught at the language-model head
+        seen: list[torch.Tensor] = []
+        hook = self.model.hf.lm_head.register_forward_hook(lambda mod, args, out: seen.append(out))
+        try:
+            terms = {"ce": self.model.loss(tokens)}
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            t_logits = self.teacher.answer_logits(tokens)[0]
+        if len(seen) != 1 or seen[0].shape != t_logits.shape:
+            raise RuntimeError("lwf: the student's answer-token logits were not caught at lm_head")
+        logits = seen[0].float()
+        T = self.hp.temperature
+        target_lp = F.log_softmax(t_logits / T, dim=-1)
+        student_lp = F.log_softmax(logits / T, dim=-1)
+        # KL(teacher || student), summed over the vocabulary, averaged over the answer tokens
+        terms["kd"] = F.kl_div(student_lp, target_lp, reduction="batchmean", log_target=True)
         return terms
 
     def training_loss(self, batch):
