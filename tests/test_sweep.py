@@ -111,3 +111,58 @@ def test_cli_sweep_runs_processes_in_parallel_and_prints_the_table(tmp_path):
     assert "| ft |" in text and f"mmcl sweep {spec} --out" in text
     a, b = (json.loads((tmp_path / "o" / "runs" / "ft" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1))
     assert (a["seed"], b["seed"]) == (0, 1)
+
+
+def test_scenario_tables_show_vqa_f1_and_per_scenario_scores():
+    """Scenario runs: protocols come from the runs' metrics (VQA, F1), and the last step per scenario."""
+    from mmcl.sweep import aggregate, markdown
+
+    def metrics(v, f):
+        s = {"last_acc": v, "avg_inc_acc": v, "forgetting": 0.1, "bwt": -0.1, "avg_acc": v, "fwt": 0.0}
+        return {"timing": {"total_s": 10.0}, "summary": {"vqa": s, "grounding_f1": {**s, "last_acc": f}},
+                "last_by_scenario": {"vqa": {"indoor": v, "underwater": v / 2}, "grounding_f1": {"indoor": f, "underwater": f}}}
+
+    agg = aggregate([metrics(0.4, 0.1), metrics(0.6, 0.3)])
+    assert agg["protocols"] == ["vqa", "grounding_f1"]
+    assert agg["vqa"]["last_acc"]["mean"] == pytest.approx(0.5)
+    assert agg["by_scenario"]["vqa"]["underwater"]["mean"] == pytest.approx(0.25)
+    res = {"seeds": [0, 1], "runs": {"ft": {**agg, "hparam": {}}}, "tuning": {}, "tables": {"main": ["ft"]}}
+    md = markdown(res)
+    assert "last_acc (VQA)" in md and "bwt (F1)" in md and "indoor (VQA)" in md and "underwater (F1)" in md
+    assert "0.500 ± 0.141" in md and "0.250 ± 0.071" in md and "grounding F1" in md and "aware" not in md
+    assert Sweep.score({"summary": {"vqa": {"last_acc": 0.4}, "grounding_f1": {"last_acc": 0.2}}}) == pytest.approx(0.3)
+
+
+def test_sweep_without_tuning_keeps_config_values(tmp_path):
+    spec = yaml.safe_load(_spec(tmp_path).read_text())
+    spec["tune"], spec["seeds"] = False, [0]
+    p = tmp_path / "untuned.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    res = Sweep(read_spec(str(p)), out, quiet=True, in_process=True).run()
+    assert not (out / "tune").exists() and res["tuning"] == {}
+    cfg = yaml.safe_load((out / "runs" / "lwf" / "seed0" / "config.yaml").read_text())
+    assert cfg["method"]["alpha"] == yaml.safe_load((tmp_path / "tiny-lwf.yaml").read_text()).get("method", {}).get(
+        "alpha", cfg["method"]["alpha"])
+    spec["tune"] = "no"
+    p.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="'tune' must be true or false"):
+        read_spec(str(p))
+
+
+def test_a_run_may_name_its_own_seeds(tmp_path):
+    spec = yaml.safe_load(_spec(tmp_path).read_text())
+    spec["tune"] = False
+    spec["runs"][1]["seeds"] = [1]
+    p = tmp_path / "own-seeds.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    res = Sweep(read_spec(str(p)), out, quiet=True, in_process=True).run()
+    assert sorted(d.name for d in (out / "runs" / "lwf").iterdir()) == ["seed1"]
+    assert sorted(d.name for d in (out / "runs" / "finetune").iterdir()) == ["seed0", "seed1"]
+    assert res["runs"]["lwf"]["n"] == 1 and res["runs"]["lwf"]["seeds"] == [1]
+    assert "| lwf (seed 1) |" in (out / "results.md").read_text()
+    spec["runs"][1]["seeds"] = []
+    p.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"runs\[1\].seeds"):
+        read_spec(str(p))

@@ -88,7 +88,7 @@ SCENARIO: dict[str, Any] = {
     },
 }
 #: BASE keys that mean nothing in the scenario setting (its schema leaves them out)
-MODALITY_ONLY = ("model.", "encoder.", "data.", "stream.experiences_per_modality", "eval.split", "eval.val_fraction")
+MODALITY_ONLY = ("model.", "encoder.", "data.", "stream.experiences_per_modality")
 
 #: Keys whose value may differ between a run and its resumption.
 RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}

@@ -2,12 +2,13 @@
 
 A sweep spec (YAML; bundled ones live in `mmcl/configs/sweeps/`) names the runs:
 
-    seeds: [0, 1, 2]
+    seeds: [0, 1, 2]                  # a run may name its own: {name: ..., config: ..., seeds: [0]}
     overrides: [threads=1]            # applied to every run (optional)
     runs:
       - {name: finetune, config: mm5-finetune}
       - {name: comm, config: mm5-comm}
       - {name: comm -realign, config: mm5-comm, overrides: [method.realign=false], tune_as: comm}
+    tune: true                        # optional: false = no tuning runs, the configs' values
     tables:                           # optional: several tables, each a list of run names
       main: [finetune, comm]
       ablation: [comm, comm -realign]
@@ -45,9 +46,11 @@ from mmcl.config import ConfigError, find_config, load_config
 from mmcl.results import RunDir, atomic_write_text
 
 METRICS = ("last_acc", "avg_inc_acc", "forgetting", "bwt")
-PROTOCOLS = ("modality_aware", "modality_agnostic")
-_SPEC_KEYS = {"seeds", "overrides", "runs", "tables"}
-_RUN_KEYS = {"name", "config", "overrides", "tune_as"}
+PROTOCOLS = ("modality_aware", "modality_agnostic")  # the modality setting's; a run's own come from its metrics
+#: column labels of the protocols (modality setting) and score matrices (scenario setting)
+LABELS = {"modality_aware": "aware", "modality_agnostic": "agnostic", "vqa": "VQA", "grounding_f1": "F1"}
+_SPEC_KEYS = {"seeds", "overrides", "runs", "tables", "tune"}
+_RUN_KEYS = {"name", "config", "overrides", "tune_as", "seeds"}
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RunSpec:
     config: str
     overrides: list[str] = field(default_factory=list)
     tune_as: str | None = None
+    seeds: list[int] | None = None  # this run's seeds (default: the spec's)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Spec:
     overrides: list[str]
     runs: list[RunSpec]
     tables: dict[str, list[str]]
+    tune: bool = True  # False: every method keeps its config's hyper-parameters (no tuning runs)
 
 
 def find_spec(name_or_path: str) -> Path:
@@ -95,7 +100,11 @@ def read_spec(name_or_path: str) -> Spec:
         bad = sorted(set(r) - _RUN_KEYS)
         if bad:
             raise ConfigError(f"{path}: runs[{i}] has unknown key '{bad[0]}' (expected {', '.join(sorted(_RUN_KEYS))})")
-        runs.append(RunSpec(str(r["name"]), str(r["config"]), [str(o) for o in r.get("overrides", [])], r.get("tune_as")))
+        rs = r.get("seeds")
+        if rs is not None and (not isinstance(rs, list) or not rs or not all(isinstance(x, int) for x in rs)):
+            raise ConfigError(f"{path}: runs[{i}].seeds must be a non-empty list of integers")
+        runs.append(RunSpec(str(r["name"]), str(r["config"]), [str(o) for o in r.get("overrides", [])], r.get("tune_as"),
+                            rs))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique")
@@ -108,7 +117,9 @@ def read_spec(name_or_path: str) -> Spec:
         if r.tune_as is not None and r.tune_as not in names:
             raise ConfigError(f"{path}: run '{r.name}' has tune_as '{r.tune_as}', which is not a run")
     seeds = [int(s) for s in raw.get("seeds", [0])]
-    spec = Spec(seeds, [str(o) for o in raw.get("overrides", [])], runs, tables)
+    if not isinstance(raw.get("tune", True), bool):
+        raise ConfigError(f"{path}: 'tune' must be true or false, got {raw['tune']!r}")
+    spec = Spec(seeds, [str(o) for o in raw.get("overrides", [])], runs, tables, raw.get("tune", True))
     for r in runs:  # validate every config and override before anything runs
         find_config(r.config)
         load_config(r.config, spec.overrides + r.overrides)
@@ -190,9 +201,12 @@ class Sweep:
     # -- tuning ----------------------------------------------------------------------------
     @staticmethod
     def score(metrics: dict) -> float:
-        return statistics.fmean(metrics["summary"][p]["last_acc"] for p in PROTOCOLS)
+        """Mean `last_acc` over the run's protocols (modality: aware and agnostic; scenario: VQA and F1)."""
+        return statistics.fmean(metrics["summary"][p]["last_acc"] for p in metrics["summary"])
 
     def tune(self) -> dict[str, dict]:
+        if not self.spec.tune:
+            return {}
         seed = self.spec.seeds[0]
         base = self.spec.overrides + [f"seed={seed}", "eval.split=validation"]
         jobs, where = [], []
@@ -228,11 +242,11 @@ class Sweep:
             extra = []
             if r.name in chosen:
                 extra = [f"method.{chosen[r.name]['key']}={_fmt_value(chosen[r.name]['value'])}"]
-            for s in self.spec.seeds:
+            for s in (r.seeds or self.spec.seeds):
                 jobs.append((self.out / "runs" / _slug(r.name) / f"seed{s}", r.config,
                              self.spec.overrides + r.overrides + extra + [f"seed={s}"]))
                 where.append(r.name)
-        self.log(f"final runs: {len(jobs)} ({len(self.spec.runs)} runs x {len(self.spec.seeds)} seeds)")
+        self.log(f"final runs: {len(jobs)} ({len(self.spec.runs)} runs, seeds {self.spec.seeds} unless a run names its own)")
         results = self._map(jobs)
         per_run: dict[str, list[dict]] = {}
         for name, m in zip(where, results):
@@ -240,6 +254,8 @@ class Sweep:
         summary = {name: aggregate(ms) for name, ms in per_run.items()}
         for name, s in summary.items():
             s["hparam"] = ({chosen[name]["key"]: chosen[name]["value"]} if name in chosen else {})
+        for r in self.spec.runs:
+            summary[r.name]["seeds"] = list(r.seeds or self.spec.seeds)
         out = {"seeds": self.spec.seeds, "runs": summary, "tuning": chosen, "tables": self.spec.tables}
         atomic_write_text(self.out / "results.json", json.dumps(out, indent=1, default=str))
         md = markdown(out)
@@ -264,34 +280,56 @@ def write_doc(path: str | Path, md: str, command: str) -> None:
 
 
 def aggregate(ms: list[dict]) -> dict:
-    """mean and (sample) std over seeds of every summary metric, per protocol; mean wall time."""
-    agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms)}
-    for p in PROTOCOLS:
-        agg[p] = {}
-        for k in METRICS:
-            vals = [m["summary"][p][k] for m in ms]
-            agg[p][k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    """mean and (sample) std over seeds of every summary metric, per protocol (and per scenario of the last
+    step, where the runs have `last_by_scenario`); mean wall time."""
+    ms_ = lambda vals: {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}  # noqa: E731
+    protocols = list(ms[0]["summary"])
+    agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms), "protocols": protocols}
+    for p in protocols:
+        agg[p] = {k: ms_([m["summary"][p][k] for m in ms]) for k in METRICS}
+    if all("last_by_scenario" in m for m in ms):
+        agg["by_scenario"] = {p: {sc: ms_([m["last_by_scenario"][p][sc] for m in ms])
+                                  for sc in ms[0]["last_by_scenario"][p]} for p in ms[0]["last_by_scenario"]}
     return agg
 
 
 def markdown(res: dict) -> str:
     n = len(res["seeds"])
     lines = []
+    scenario = False
     for title, members in res["tables"].items():
+        protocols = res["runs"][members[0]].get("protocols", list(PROTOCOLS))
+        scenario = scenario or "vqa" in protocols
         lines += [f"### {title}", "",
-                  "| run | hparam | " + " | ".join(f"{k} ({p.split('_')[1]})" for p in PROTOCOLS for k in METRICS)
+                  "| run | hparam | " + " | ".join(f"{k} ({LABELS.get(p, p)})" for p in protocols for k in METRICS)
                   + " | time/run |",
-                  "|---|---|" + "---|" * (len(PROTOCOLS) * len(METRICS)) + "---|"]
+                  "|---|---|" + "---|" * (len(protocols) * len(METRICS)) + "---|"]
         for name in members:
             s = res["runs"][name]
             hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in s["hparam"].items()) or "–"
-            cells = [f"{s[p][k]['mean']:.3f} ± {s[p][k]['std']:.3f}" for p in PROTOCOLS for k in METRICS]
-            lines.append(f"| {name} | {hp} | " + " | ".join(cells) + f" | {s['seconds']:.0f}s |")
+            cells = [f"{s[p][k]['mean']:.3f} ± {s[p][k]['std']:.3f}" for p in protocols for k in METRICS]
+            seeds = s.get("seeds", res["seeds"])
+            label = name if seeds == res["seeds"] else f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+            lines.append(f"| {label} | {hp} | " + " | ".join(cells) + f" | {s['seconds']:.0f}s |")
         lines.append("")
-    lines.append(f"mean ± std over {n} seed{'s' if n != 1 else ''} ({', '.join(map(str, res['seeds']))}); "
-                 "aware = modality-aware protocol, agnostic = modality-agnostic.")
+        with_sc = [m for m in members if "by_scenario" in res["runs"][m]]
+        if with_sc:
+            by = res["runs"][with_sc[0]]["by_scenario"]
+            cols = [(p, sc) for p in by for sc in by[p]]
+            lines += [f"Last step, per scenario ({title}):", "",
+                      "| run | " + " | ".join(f"{sc} ({LABELS.get(p, p)})" for p, sc in cols) + " |",
+                      "|---|" + "---|" * len(cols)]
+            for name in with_sc:
+                b = res["runs"][name]["by_scenario"]
+                lines.append(f"| {name} | " + " | ".join(f"{b[p][sc]['mean']:.3f} ± {b[p][sc]['std']:.3f}"
+                                                       for p, sc in cols) + " |")
+            lines.append("")
+    legend = ("VQA = normalised exact match over non-grounding questions, F1 = grounding F1 at IoU >= 0.5"
+              if scenario else "aware = modality-aware protocol, agnostic = modality-agnostic")
+    lines.append(f"mean ± std over {n} seed{'s' if n != 1 else ''} ({', '.join(map(str, res['seeds']))}); {legend}.")
     if res["tuning"]:
-        lines += ["", "Hyper-parameters chosen on validation data (score = mean last_acc of both protocols):", ""]
+        what = "VQA and F1" if scenario else "both protocols"
+        lines += ["", f"Hyper-parameters chosen on validation data (score = mean last_acc of {what}):", ""]
         for name, c in res["tuning"].items():
             if "inherited_from" in c:
                 continue

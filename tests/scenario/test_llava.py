@@ -46,9 +46,12 @@ def test_tiny_forward_backward_trains_lora_projector_and_tower():
     n_targets = sum(len(m.answer_ids(a)) for a in ANSWERS)
     assert int((batch["labels"] != IGNORE).sum()) == n_targets
     loss = m.loss(batch)
-    # same value as the HF model's own full-vocabulary loss with these labels
-    ref = m.hf(**batch).loss
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    # the HF model's own full-vocabulary loss, per question (its token mean weights long answers more)
+    logits = m.hf(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    per_q = [torch.nn.functional.cross_entropy(logits[i][target[i] != IGNORE], target[i][target[i] != IGNORE])
+             for i in range(len(ANSWERS))]
+    assert loss.item() == pytest.approx(torch.stack(per_q).mean().item(), rel=1e-5)
     loss.backward()
     lora = m.lora_parameters()
     assert lora and all(p.grad is not None for p in lora)
@@ -159,3 +162,62 @@ def test_smollm2_preset_answers_in_english():
     assert all(p.grad is not None for p in m.lora_parameters())
     out = m.generate(images(1), ["Say hello in one short sentence."], max_new_tokens=12)
     assert out[0] and any(c.isalpha() for c in out[0])
+
+
+@pytest.mark.parametrize("stem,side,tokens,channels", [("efficientnet-lite0", 64, 16, 112),
+                                                       ("efficientnet-lite0-head", 64, 4, 1280)])
+def test_pretrained_stem_feeds_the_vit_and_stays_frozen_outside_checkpoints(stem, side, tokens, channels):
+    """A hybrid ViT: the frozen ImageNet EfficientNet-Lite0 map is the tower's input, one token per cell."""
+    from mmcl.models.encoders import efficientnet_lite0
+
+    vlm = tiny(vision_stem=stem, image_size=side)
+    assert vlm.num_image_tokens == tokens
+    assert vlm.hf.config.vision_config.num_channels == channels
+    net = efficientnet_lite0()
+    assert not any(p is q for p in vlm.parameters() for q in net.parameters())
+    assert not any(k.startswith("net.") or "_blocks" in k for k in vlm.state_dict())
+    loss = vlm.loss(vlm.batch(images(3, side), QUESTIONS, ANSWERS))
+    loss.backward()
+    assert all(p.grad is None for p in net.parameters())
+    patch = next(m for n, m in vlm.vision_tower.named_modules() if n.endswith("patch_embedding"))
+    assert patch.weight.grad.abs().sum() > 0
+
+
+def test_stem_features_do_not_depend_on_the_batch_they_came_in():
+    vlm = tiny(vision_stem="efficientnet-lite0", image_size=64)
+    ims = images(4, 64)
+    together = vlm._pixels(ims)
+    vlm2 = tiny(vision_stem="efficientnet-lite0", image_size=64)
+    alone = torch.cat([vlm2._pixels(ims[i:i + 1]) for i in (3, 1, 0, 2)])[[2, 1, 3, 0]]
+    assert torch.equal(together, alone)
+    assert len(vlm._stem[0].memo) == 4 and torch.equal(vlm._pixels(ims), together)  # remembered, same numbers
+
+
+def test_unknown_stem_is_a_clear_error():
+    with pytest.raises(ValueError, match="vision_stem"):
+        VLMParams.from_dict({"vision_stem": "resnet"})
+
+
+def test_loss_weights_every_question_equally():
+    """A long grounding answer does not outweigh a one-word answer: the mean over questions of each
+    question's mean token loss."""
+    from mmcl.models.llava import per_question_mean
+
+    token_losses = torch.tensor([1.0, 1.0, 4.0, 4.0, 4.0, 4.0])
+    rows = torch.tensor([0, 0, 1, 1, 1, 1])
+    assert per_question_mean(token_losses, rows).item() == pytest.approx(2.5)
+    vlm = tiny()
+    b = vlm.batch(images(), QUESTIONS, ANSWERS)
+    logits, target, rows = vlm.answer_logits(b, with_rows=True)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    per_q = torch.stack([ce[rows == r].mean() for r in range(3)]).mean()
+    assert vlm.loss(b).item() == pytest.approx(per_q.item(), rel=1e-5)
+
+
+def test_a_copied_model_shares_the_frozen_stem():
+    import copy
+
+    vlm = tiny(vision_stem="efficientnet-lite0", image_size=64)
+    vlm._pixels(images(2, 64))
+    teacher = copy.deepcopy(vlm)
+    assert teacher._stem[0] is vlm._stem[0] and len(teacher._stem[0].memo) == 2

@@ -91,14 +91,14 @@ def test_cache_skips_matching_manifest(tmp_path, monkeypatch):
     ensure_msvqa_mini(seed=2, scenarios=["ground"], root=root, **TINY)  # other seed: regenerate
     assert calls == [1]
     (root / "images/ground/test/0000.png").unlink()  # a missing file: regenerate
-    assert manifest_matches(root, 1, {**TINY, "scenarios": ["ground"]}) is None
+    assert manifest_matches(root, 1, {**TINY, "scenarios": ["ground"], "base_images": 0}) is None
     monkeypatch.setattr(G, "generate", real)
     ensure_msvqa_mini(seed=1, scenarios=["ground"], root=root, **TINY)
-    assert manifest_matches(root, 1, {**TINY, "scenarios": ["ground"]}, verify=True)["sha256"] == man["sha256"]
+    assert manifest_matches(root, 1, {**TINY, "scenarios": ["ground"], "base_images": 0}, verify=True)["sha256"] == man["sha256"]
     # default location under $MMCL_CACHE; the loader filters by split and scenario
     one = {**TINY, "train_images": 1}
     xs = load_msvqa_mini("test", seed=1, scenarios=["ground", "indoor"], **one)
-    where = G.default_root(1, {**one, "scenarios": list(ALL_SCENARIOS)}).resolve()
+    where = G.default_root(1, {**one, "scenarios": list(ALL_SCENARIOS), "base_images": 0}).resolve()
     assert str(where).startswith(str(Path(os.environ["MMCL_CACHE"]).resolve()))
     assert len(xs) == 8 and {x.scenario for x in xs} == {"ground", "indoor"}
     assert all(x.split == "test" and Path(x.image).is_relative_to(where) for x in xs)
@@ -162,3 +162,11 @@ def test_scenario_appearance_differs(scenes):
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert np.linalg.norm(feats[a] - feats[b]) > 0.3, (a, b, json.dumps({k: list(map(float, v)) for k, v in feats.items()}))
+
+
+def test_base_images_sizes_only_the_pretraining_scenario(tmp_path):
+    root, man = ensure_msvqa_mini(seed=1, scenarios=["indoor", "ground"], root=tmp_path / "b",
+                                  **{**TINY, "train_images": 1}, base_images=3)
+    assert man["stats"]["ground"]["train"]["images"] == 3 and man["stats"]["indoor"]["train"]["images"] == 1
+    assert man["params"]["base_images"] == 3
+    assert man["stats"]["ground"]["test"]["images"] == man["stats"]["indoor"]["test"]["images"] == 1

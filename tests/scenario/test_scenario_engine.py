@@ -185,3 +185,20 @@ def test_llava_json_benchmark_runs_a_user_stream(tmp_path):
         build_stream(scenario_cfg(benchmark={**bench, "scenarios": ["desert"]}))
     with pytest.raises(ConfigError, match="benchmark.train"):
         scenario_cfg(benchmark={"name": "llava-json"})
+
+
+def test_validation_split_holds_out_training_images_never_the_test_split():
+    """eval.split=validation: every step scores on a seeded 20% of its training images (all their
+    questions), removed from training; no test-split question is read."""
+    from mmcl.data import build_stream
+
+    cfg = scenario_cfg(eval={"split": "validation", "val_fraction": 0.4})
+    full, val = build_stream(scenario_cfg()), build_stream(cfg)
+    assert val.info["split"] == "validation"
+    for e, f in zip(val, full):
+        held, kept = set(e.test.image_index.tolist()), set(e.train.image_index.tolist())
+        assert held and kept and not held & kept
+        assert all("-train-" in i for i in e.test.ids) and len(e.test) + len(e.train) == len(f.train)
+        assert e.info["test"] == len(e.test)
+    again = build_stream(cfg)
+    assert [e.test.ids for e in again] == [e.test.ids for e in val]

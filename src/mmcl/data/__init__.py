@@ -59,15 +59,30 @@ def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
 
     Per class, a seeded `fraction` of the training samples becomes the evaluation set and is
     removed from training; the test split is dropped, so nothing chosen on this stream has
-    seen it. Used to choose hyper-parameters (`eval.split=validation`).
+    seen it. Used to choose hyper-parameters (`eval.split=validation`). Scenario streams
+    (visual questions) hold out a seeded `fraction` of every step's training *images* with all
+    their questions, so no held-out image was trained on.
     """
     import torch
+
+    from mmcl.stream import SampleSet
 
     if not 0 < fraction < 1:
         raise ValueError(f"eval.val_fraction must be in (0, 1), got {fraction}")
     g = torch.Generator().manual_seed(int(seed) + 104729)
     exps = []
     for e in stream:
+        if isinstance(e.train, SampleSet):
+            images = torch.unique(e.train.image_index)
+            images = images[torch.randperm(len(images), generator=g)]
+            held_images = images[:max(1, round(len(images) * fraction))]
+            held_mask = torch.isin(e.train.image_index, held_images)
+            if held_mask.all():
+                raise ValueError(f"step {e.name}: too few training images to hold out a validation part")
+            keep, held = torch.nonzero(~held_mask).flatten(), torch.nonzero(held_mask).flatten()
+            exps.append(dataclasses.replace(e, train=e.train.subset(keep), test=e.train.subset(held),
+                                            info={**e.info, "train": len(keep), "test": len(held)}))
+            continue
         y = e.train["y"]
         keep, held = [], []
         for c in e.classes:

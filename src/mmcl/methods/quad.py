@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.methods.base import Method, register
-from mmcl.models.llava import IGNORE
+from mmcl.models.llava import IGNORE, per_question_mean
 
 BLOCKS = ("image_image", "text_text", "text_image")
 
@@ -181,9 +181,10 @@ class Quad(Method):
         target = tokens["labels"][:, 1:]
         keep = target != IGNORE
         ce = F.cross_entropy(self.model.hf.lm_head(hidden[:, :-1][keep]).float(), target[keep], reduction="none")
-        is_replay = (torch.arange(target.shape[0], device=target.device) >= n)[:, None].expand_as(target)[keep]
-        terms = {"task": ce[~is_replay].mean()}
-        terms["replay"] = ce[is_replay].mean() if is_replay.any() else ce.new_zeros(())
+        rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
+        is_replay = rows >= n
+        terms = {"task": per_question_mean(ce[~is_replay], rows[~is_replay])}
+        terms["replay"] = per_question_mean(ce[is_replay], rows[is_replay]) if is_replay.any() else ce.new_zeros(())
         image, text = attention_blocks(tokens["input_ids"], tokens["attention_mask"], self.model.image_token_id)
         terms.update(attention_kd(s_att, t_att, image, text))
         return terms

