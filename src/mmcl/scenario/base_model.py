@@ -27,7 +27,7 @@ from mmcl.models.llava import VLM, VLMParams, build_vlm
 from mmcl.results import atomic_write_bytes, atomic_write_text
 from mmcl.stream import SampleSet, Stream
 
-VERSION = "1"
+VERSION = "2"  # 2: per-question answer loss
 #: VLMParams fields that only say what the *stream* trains; they do not change the base weights
 STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "train_projector")
 

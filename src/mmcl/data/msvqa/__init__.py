@@ -45,7 +45,7 @@ is seeded from (seed, scenario, split, index): the bytes do not depend on order 
 Usage::
 
     from mmcl.data.msvqa import ensure_msvqa_mini, load_msvqa_mini, read_llava_json, write_llava_json
-    root, manifest = ensure_msvqa_mini(seed=0)            # ~1 min on one core, cached
+    root, manifest = ensure_msvqa_mini(seed=0)            # ~1 min on one core (2000 base images: ~3), cached
     train = load_msvqa_mini("train", scenarios=["underwater"])
     write_llava_json(train, "/tmp/export/underwater.json", image_root=root)
 """
