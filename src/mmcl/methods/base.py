@@ -154,6 +154,18 @@ class Method:
     def state_dict(self) -> dict:
         return {"model": self.model_state(), "rng": self.rng.get_state(), "extra": self.extra_state()}
 
+    def frozen_copy(self, state: dict) -> nn.Module:
+        """Scenario setting: a frozen deep copy of the model holding `state`'s trainable weights (a teacher:
+        the previous step's model). Raises if `state` does not cover every trained parameter."""
+        import copy
+
+        teacher = copy.deepcopy(self.model)
+        _, unexpected = teacher.load_state_dict(state, strict=False)
+        trained = [k for k, p in self.model.named_parameters() if p.requires_grad]
+        if unexpected or any(k not in state for k in trained):
+            raise ValueError(f"{self.name}: previous model state does not match the model")
+        return teacher.eval().requires_grad_(False)
+
     def load_state_dict(self, state: dict) -> None:
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         if self.scenario:

@@ -143,22 +143,11 @@ class EWC(Method):
         contributes |b| * (its mean gradient)^2, whose expectation is the per-sample E[g^2] plus
         (|b| - 1) * E[g]^2: a cheaper estimate, unbiased where the mean training gradient vanishes.
         """
-        params = self._named_trainable()
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for batch in data.batches(self.hp.fisher_batch_size):
-                logits = self.model.logits(self.model(batch), num_classes)  # the model itself, not DDP
-                log_lik = F.log_softmax(logits, dim=1).gather(1, batch["y"][:, None]).mean()
-                # parameters this batch does not use (other modalities' input projections) get None: zero
-                grads = torch.autograd.grad(log_lik, list(params.values()), allow_unused=True)
-                for n, g in zip(params, grads):
-                    if g is not None:
-                        total[n] += len(batch["y"]) * g.detach() ** 2
-        finally:
-            self.model.train(was_training)
-        return {n: t / max(len(data), 1) for n, t in total.items()}
+        def log_lik(batch):
+            logits = self.model.logits(self.model(batch), num_classes)  # the model itself, not DDP
+            return F.log_softmax(logits, dim=1).gather(1, batch["y"][:, None]).mean(), len(batch["y"])
+
+        return self._fisher(data, log_lik)
 
     def compute_answer_fisher(self, data) -> dict[str, torch.Tensor]:
         """Scenario setting: diagonal empirical Fisher of the answer-token log-likelihood on `data` (a SampleSet).
@@ -168,17 +157,22 @@ class EWC(Method):
         order, in eval mode; a batch of |b| contributes |b| * (gradient of its mean)^2, as in
         `compute_fisher`.
         """
+        return self._fisher(data, lambda batch: (-self.model.loss(batch), len(batch["questions"])))
+
+    def _fisher(self, data, log_lik) -> dict[str, torch.Tensor]:
+        """mean over samples of squared gradients: batch by batch, `log_lik(batch)` gives (mean log-likelihood,
+        batch size); parameters a batch does not use (other modalities' input projections) add zero."""
         params = self._named_trainable()
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         was_training = self.model.training
         self.model.eval()
         try:
             for batch in data.batches(self.hp.fisher_batch_size):
-                log_lik = -self.model.loss(batch)
-                grads = torch.autograd.grad(log_lik, list(params.values()), allow_unused=True)
+                value, size = log_lik(batch)
+                grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
                 for n, g in zip(params, grads):
                     if g is not None:
-                        total[n] += len(batch["questions"]) * g.detach() ** 2
+                        total[n] += size * g.detach() ** 2
         finally:
             self.model.train(was_training)
         return {n: t / max(len(data), 1) for n, t in total.items()}

@@ -46,7 +46,6 @@ so the candidates span two decades around 1, as quad's and unifier's weights do.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +88,7 @@ class LwF(Method):
         if state is None:
             return
         if self.scenario:  # a deep copy of the VLM with the previous step's trainable weights
-            teacher = copy.deepcopy(self.model)
-            missing, unexpected = teacher.load_state_dict(state, strict=False)
-            trained = [k for k, p in self.model.named_parameters() if p.requires_grad]
-            if unexpected or any(k not in state for k in trained):
-                raise ValueError("lwf teacher state does not match the model")
-            self.teacher = teacher.eval().requires_grad_(False)
+            self.teacher = self.frozen_copy(state)
             return
         teacher = self.build_model(self.stream, self.cfg)
         missing, unexpected = teacher.load_state_dict(state, strict=False)

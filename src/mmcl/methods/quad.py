@@ -145,12 +145,7 @@ class Quad(Method):
         self.teacher_state, self.teacher = state, None
         if state is None:
             return
-        teacher = copy.deepcopy(self.model)
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
-        trained = [k for k, p in self.model.named_parameters() if p.requires_grad]
-        if unexpected or any(k not in state for k in trained):
-            raise ValueError("quad: previous model state does not match the model")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = self.frozen_copy(state)
 
     # -- loss ----------------------------------------------------------------------------
     def _with_replay(self, batch: dict) -> tuple[dict, int]:
