@@ -202,3 +202,15 @@ def test_validation_split_holds_out_training_images_never_the_test_split():
         assert e.info["test"] == len(e.test)
     again = build_stream(cfg)
     assert [e.test.ids for e in again] == [e.test.ids for e in val]
+
+
+def test_base_model_key_follows_the_pretraining_data_not_the_stream():
+    from mmcl.scenario.base_model import base_key
+
+    cfg = scenario_cfg("finetune", benchmark={**scenario_cfg()["benchmark"], "base_images": 5})
+    key = base_key(cfg, build_stream(cfg))
+    more_stream = scenario_cfg("finetune", benchmark={**cfg["benchmark"], "train_images": 6, "test_images": 4})
+    assert base_key(more_stream, build_stream(more_stream)) == key  # same ground scenario: base reused
+    more_base = scenario_cfg("finetune", benchmark={**cfg["benchmark"], "base_images": 6})
+    other = base_key(more_base, build_stream(more_base))
+    assert other["pretrain_sha256"] != key["pretrain_sha256"] and other["questions"] == 18

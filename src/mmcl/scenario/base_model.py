@@ -5,8 +5,9 @@ start from random weights, so the benchmark's pre-training scenario (msvqa-mini'
 plain ground-level scenes, never a step of the stream) first trains the whole model
 (lm_train=full, vision tower and projector) for `base.epochs`. The result is cached under
 `$MMCL_CACHE/models/scenario-base/<key>.pt`, the key a hash of everything that determines it:
-the model parameters that shape the weights, `base.*`, the data's hash and the number of
-pre-training questions. Then the model is switched to the stream's training regime
+the model parameters that shape the weights, `base.*` and a hash of the pre-training data itself
+(its images as the model sees them, questions and answers), so changing the stream's scenarios or
+sizes reuses the base model while any change to the pre-training data retrains it. Then the model is switched to the stream's training regime
 (`vlm.lm_train`, by default LoRA on the language model, plus projector / tower per config).
 
 Base training draws its randomness from its own generators inside `fork_rng`, so a run behaves
@@ -27,7 +28,7 @@ from mmcl.models.llava import VLM, VLMParams, build_vlm
 from mmcl.results import atomic_write_bytes, atomic_write_text
 from mmcl.stream import SampleSet, Stream
 
-VERSION = "2"  # 2: per-question answer loss
+VERSION = "3"  # 2: per-question answer loss; 3: keyed by the pre-training data's content
 #: VLMParams fields that only say what the *stream* trains; they do not change the base weights
 STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "train_projector")
 
@@ -36,10 +37,18 @@ def vlm_params(cfg: dict) -> VLMParams:
     return VLMParams.from_dict(cfg["vlm"])
 
 
+def pretrain_digest(data: SampleSet) -> str:
+    """sha256 of what base training reads: the images (as decoded and resized), questions and answers."""
+    h = hashlib.sha256()
+    h.update(data.images[data.image_index].contiguous().numpy().tobytes())
+    h.update(json.dumps([data.questions, data.answers]).encode())
+    return h.hexdigest()
+
+
 def base_key(cfg: dict, stream: Stream) -> dict:
     p = {k: v for k, v in dataclasses.asdict(vlm_params(cfg)).items() if k not in STREAM_ONLY}
     p["lora_targets"] = None
-    return {"version": VERSION, "vlm": p, "base": dict(cfg["base"]), "data_sha256": stream.info.get("sha256"),
+    return {"version": VERSION, "vlm": p, "base": dict(cfg["base"]), "pretrain_sha256": pretrain_digest(stream.pretrain),
             "base_scenario": stream.info.get("base_scenario"), "questions": len(stream.pretrain)}
 
 
