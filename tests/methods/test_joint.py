@@ -1,4 +1,6 @@
 """joint: trains on the union of everything seen so far (upper reference)."""
+import torch
+
 from mmcl.data import build_stream
 from mmcl.engine import build_method, run
 from tests.conftest import tiny_cfg
@@ -18,3 +20,24 @@ def test_joint_does_not_forget(tmp_path):
     ft = run(tiny_cfg("finetune"), tmp_path / "f")["summary"]["modality_agnostic"]
     assert j["last_acc"] > 0.9 and j["last_acc"] > ft["last_acc"] + 0.3
     assert j["forgetting"] < 0.1
+
+
+def test_budget_step_draws_the_current_step_size_from_the_union_seeded():
+    """budget=step: each experience trains on as many samples as it has, drawn from the union so
+    far; the draw depends on the seed and the step only (a resumed run draws the same)."""
+    import pytest
+
+    from mmcl.config import ConfigError
+
+    cfg = tiny_cfg("joint", method={"name": "joint", "budget": "step"})
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    last = m.training_data(stream[2])
+    assert [len(m.training_data(e)) for e in stream] == [len(e.train) for e in stream]
+    assert set(last["y"].tolist()) == set(range(6))  # all three experiences' classes, not just the current one
+    again = build_method(build_stream(cfg), cfg).training_data(stream[2])
+    assert torch.equal(again["x"], last["x"]) and torch.equal(again["y"], last["y"])
+    other = build_method(stream, {**cfg, "seed": cfg["seed"] + 1}).training_data(stream[2])
+    assert not torch.equal(other["y"], last["y"])
+    with pytest.raises((ConfigError, ValueError), match="budget"):
+        build_method(stream, {**cfg, "method": {"name": "joint", "budget": "all"}})

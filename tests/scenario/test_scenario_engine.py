@@ -172,6 +172,7 @@ def test_llava_json_benchmark_runs_a_user_stream(tmp_path):
     train, test = _llava_fixture(tmp_path / "data")
     bench = {"name": "llava-json", "train": str(train), "test": str(test)}
     cfg = scenario_cfg("joint", benchmark=bench)
+    assert cfg["method"]["budget"] == "step"  # the scenario default: the same compute as every method
     s = build_stream(cfg)
     assert [e.scenario for e in s] == ["harbour", "forest"] and s.pretrain is None
     assert len(s[0].train) == 12 and int(s[0].train.grounding.sum()) == 6 and len(s[1].test) == 6
