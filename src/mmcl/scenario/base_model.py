@@ -7,8 +7,9 @@ plain ground-level scenes, never a step of the stream) first trains the whole mo
 `$MMCL_CACHE/models/scenario-base/<key>.pt`, the key a hash of everything that determines it:
 the model parameters that shape the weights, `base.*` and a hash of the pre-training data itself
 (its images as the model sees them, questions and answers), so changing the stream's scenarios or
-sizes reuses the base model while any change to the pre-training data retrains it. Then the model is switched to the stream's training regime
-(`vlm.lm_train`, by default LoRA on the language model, plus projector / tower per config).
+sizes reuses the base model while any change to the pre-training data retrains it. Then the model
+is switched to the stream's training regime (`vlm.lm_train`, by default LoRA on the language model,
+plus projector / tower per config).
 
 Base training draws its randomness from its own generators inside `fork_rng`, so a run behaves
 the same whether the base model came from the cache or was just trained.
