@@ -289,7 +289,10 @@ def validate(cfg: dict) -> dict:
             hint = f"; closest valid key: '{close[0]}'" if close else ""
             raise ConfigError(f"unknown config key '{key}'{hint}")
         resolved[key] = _coerce(key, value, schema[key])
-    for key, choices in _CHOICES.items():
+    from mmcl.methods import METHODS
+
+    method_choices = getattr(METHODS[cfg["method"]["name"]], "choices", None) or {}  # a method's own closed sets
+    for key, choices in [*_CHOICES.items(), *((f"method.{k}", v) for k, v in method_choices.items())]:
         if key in resolved and resolved[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {resolved[key]!r}")
     out: dict = {}

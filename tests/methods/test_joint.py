@@ -41,3 +41,16 @@ def test_budget_step_draws_the_current_step_size_from_the_union_seeded():
     assert not torch.equal(other["y"], last["y"])
     with pytest.raises((ConfigError, ValueError), match="budget"):
         build_method(stream, {**cfg, "method": {"name": "joint", "budget": "all"}})
+
+
+def test_a_bad_budget_is_rejected_when_the_config_is_loaded():
+    """A method's closed hyper-parameter sets (`Method.choices`) are checked by `validate`, with the key named."""
+    import pytest
+
+    from mmcl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'method.budget' must be one of union, step, got 'all'"):
+        tiny_cfg("joint", method={"name": "joint", "budget": "all"})
+    with pytest.raises(ConfigError, match="method.budget"):
+        load_config("msvqa-mini-joint", ["method.budget=steps"])
+    assert load_config("msvqa-mini-joint", ["method.budget=union"])["method"]["budget"] == "union"

@@ -55,6 +55,8 @@ class Method:
     settings: tuple[str, ...] = ("modality",)
     #: predict() picks modality-specific parameters when told the modality (see module doc)
     uses_known_modality = False
+    #: hyper-parameters with a closed set of values: name -> allowed values (checked at config load)
+    choices: dict[str, tuple] = {}
 
     @dataclass
     class Hparams:

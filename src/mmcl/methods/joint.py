@@ -29,6 +29,7 @@ BUDGETS = ("union", "step")
 class Joint(Method):
     settings = ("modality", "scenario")
     setting_defaults = {"scenario": {"budget": "step"}}
+    choices = {"budget": BUDGETS}  # checked when the config is loaded
 
     @dataclass
     class Hparams:
