@@ -291,7 +291,7 @@ def validate(cfg: dict) -> dict:
         resolved[key] = _coerce(key, value, schema[key])
     from mmcl.methods import METHODS
 
-    method_choices = getattr(METHODS[cfg["method"]["name"]], "choices", None) or {}  # a method's own closed sets
+    method_choices = METHODS[cfg["method"]["name"]].choices  # a method's own closed sets
     for key, choices in [*_CHOICES.items(), *((f"method.{k}", v) for k, v in method_choices.items())]:
         if key in resolved and resolved[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {resolved[key]!r}")

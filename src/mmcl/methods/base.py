@@ -55,7 +55,8 @@ class Method:
     settings: tuple[str, ...] = ("modality",)
     #: predict() picks modality-specific parameters when told the modality (see module doc)
     uses_known_modality = False
-    #: hyper-parameters with a closed set of values: name -> allowed values (checked at config load)
+    #: hyper-parameters with a closed set of values: name -> allowed values (checked when the config
+    #: is loaded, and again here for a method built directly)
     choices: dict[str, tuple] = {}
 
     @dataclass
@@ -63,6 +64,9 @@ class Method:
         pass
 
     def __init__(self, stream: Stream, cfg: dict, hp):
+        for key, allowed in self.choices.items():
+            if getattr(hp, key) not in allowed:
+                raise ValueError(f"method.{key} must be one of {', '.join(allowed)}, got {getattr(hp, key)!r}")
         self.stream = stream
         self.cfg = cfg
         self.hp = hp

@@ -29,16 +29,11 @@ BUDGETS = ("union", "step")
 class Joint(Method):
     settings = ("modality", "scenario")
     setting_defaults = {"scenario": {"budget": "step"}}
-    choices = {"budget": BUDGETS}  # checked when the config is loaded
+    choices = {"budget": BUDGETS}
 
     @dataclass
     class Hparams:
         budget: str = "union"  # union | step (see the module doc); scenario default: step
-
-    def __init__(self, stream, cfg, hp):
-        if hp.budget not in BUDGETS:
-            raise ValueError(f"method.budget must be one of {', '.join(BUDGETS)}, got {hp.budget!r}")
-        super().__init__(stream, cfg, hp)
 
     def training_data(self, exp: Experience) -> TensorSet:
         data = type(exp.train)  # TensorSet, or SampleSet in the scenario setting
