@@ -81,6 +81,7 @@ SCENARIO: dict[str, Any] = {
         "epochs": 12,
         "lr": 2e-3,
         "batch_size": 32,
+        "region_weight": 0.0,  # > 0: also name the object at every image token (needs the data's boxes)
     },
     "eval": {
         "max_new_tokens": 48,  # greedy generation budget per answer (a box is about 9 tokens)
@@ -308,6 +309,12 @@ def validate(cfg: dict) -> dict:
         from mmcl.models import hf
 
         hf.check(out)
+    rw = out.get("base", {}).get("region_weight", 0.0)
+    if rw < 0:
+        raise ConfigError(f"config key 'base.region_weight' must be >= 0, got {rw!r}")
+    if rw and str(out.get("vlm", {}).get("preset", "")).startswith("hf:"):
+        raise ConfigError("config key 'base.region_weight': region naming needs a preset whose image tokens are a "
+                          "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
         check(out["benchmark"])

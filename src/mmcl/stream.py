@@ -68,16 +68,20 @@ class SampleSet:
 
     Images are held once, as a uint8 tensor (M, 3, H, W); each question points at its image.
     `take` gives the batch a method sees: {"images", "questions", "answers", "grounding", "ids"}.
+    `boxes` (optional) are the annotated objects of each question's image, `(label, (x1, y1, x2, y2))`
+    in 0-100 coordinates (`ObjectBox`); base training reads them (`base.region_weight`).
     """
 
     def __init__(self, images: torch.Tensor, image_index: torch.Tensor, questions: list[str], answers: list[str],
-                 grounding: torch.Tensor, ids: list[str], scenarios: list[str]):
+                 grounding: torch.Tensor, ids: list[str], scenarios: list[str], boxes: list[tuple] | None = None):
         n = len(image_index)
-        if not (len(questions) == len(answers) == len(grounding) == len(ids) == len(scenarios) == n):
+        boxes = [()] * n if boxes is None else list(boxes)
+        if not (len(questions) == len(answers) == len(grounding) == len(ids) == len(scenarios) == len(boxes) == n):
             raise ValueError("SampleSet fields differ in length")
         self.images, self.image_index = images, image_index.long()
         self.questions, self.answers, self.ids, self.scenarios = list(questions), list(answers), list(ids), list(scenarios)
         self.grounding = grounding.bool()
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -94,7 +98,7 @@ class SampleSet:
         ii = idx.tolist()
         pick = lambda xs: [xs[i] for i in ii]  # noqa: E731
         return SampleSet(self.images, self.image_index[idx], pick(self.questions), pick(self.answers),
-                         self.grounding[idx], pick(self.ids), pick(self.scenarios))
+                         self.grounding[idx], pick(self.ids), pick(self.scenarios), pick(self.boxes))
 
     @staticmethod
     def cat(sets: list["SampleSet"]) -> "SampleSet":
@@ -109,7 +113,7 @@ class SampleSet:
             index = torch.cat([s.image_index + int(o) for s, o in zip(sets, offsets)])
         return SampleSet(images, index, sum((s.questions for s in sets), []), sum((s.answers for s in sets), []),
                          torch.cat([s.grounding for s in sets]), sum((s.ids for s in sets), []),
-                         sum((s.scenarios for s in sets), []))
+                         sum((s.scenarios for s in sets), []), sum((s.boxes for s in sets), []))
 
     @staticmethod
     def empty() -> "SampleSet":

@@ -221,3 +221,57 @@ def test_a_copied_model_shares_the_frozen_stem():
     vlm._pixels(images(2, 64))
     teacher = copy.deepcopy(vlm)
     assert teacher._stem[0] is vlm._stem[0] and len(teacher._stem[0].memo) == 2
+
+
+def test_region_targets_name_the_object_covering_each_cell():
+    """A 64 px image with 16 px patches is a 4x4 grid of 25-unit cells, in reading order."""
+    vlm = tiny(image_size=64)
+    word = lambda name: vlm._encode(name)[0]  # noqa: E731
+    boxes = [("car", (0.0, 0.0, 50.0, 50.0)),  # the top-left 2x2 cells
+             ("teddy bear", (80.0, 80.0, 90.0, 90.0)),  # small, inside the bottom-right cell
+             ("bus", (60.0, 0.0, 100.0, 10.0))]  # a thin strip over cells (0, 2) and (0, 3)
+    cells = vlm.region_targets([boxes, []])
+    assert cells.shape == (2, 16)
+    grid = cells[0].reshape(4, 4)
+    assert (grid[:2, :2] == word("car")).all()
+    assert grid[3, 3] == word("teddy bear") == vlm._encode("teddy")[0]
+    # cover = overlap / min(box 400, cell 625): cell (0, 3) holds 25 x 10 = 0.625 of the bus, (0, 2) 0.375
+    assert grid[0, 3] == word("bus") and grid[0, 2] == IGNORE
+    others = torch.ones(4, 4, dtype=torch.bool)
+    others[:2, :2] = others[3, 3] = others[0, 3] = False
+    assert (grid[others] == IGNORE).all() and (cells[1] == IGNORE).all()
+
+
+def test_region_loss_is_one_forward_beside_the_answer_loss_and_learns():
+    vlm = tiny(image_size=64, lm_train="full")
+    imgs = images(3, 64)
+    boxes = [[("car", (0.0, 0.0, 50.0, 50.0))], [("duck", (50.0, 50.0, 100.0, 100.0))], []]
+    cells = vlm.region_targets(boxes)
+    batch = vlm.batch(imgs, QUESTIONS, ANSWERS)
+    answer, region = vlm.losses(batch, cells)
+    assert answer.item() == pytest.approx(vlm.loss(batch).item(), rel=1e-5)
+    # the region loss is the LM head's cross-entropy at the labelled image tokens
+    logits = vlm.hf(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+    at_images = logits[batch["input_ids"] == vlm.image_token_id]
+    keep = cells.reshape(-1) != IGNORE
+    expected = torch.nn.functional.cross_entropy(at_images[keep], cells.reshape(-1)[keep])
+    assert region.item() == pytest.approx(expected.item(), rel=1e-4)
+    opt = torch.optim.Adam([p for p in vlm.parameters() if p.requires_grad], lr=1e-2)
+    first = region.item()
+    for _ in range(20):
+        _, region = vlm.losses(batch, cells)
+        opt.zero_grad()
+        region.backward()
+        opt.step()
+    assert region.item() < first / 2
+    nothing = torch.full_like(cells, IGNORE)  # no boxes: nothing to name, no loss, no error
+    assert vlm.losses(batch, nothing)[1].item() == 0.0
+    with pytest.raises(ValueError, match="region targets"):
+        vlm.losses(batch, cells[:2])
+
+
+def test_region_targets_need_a_grid_of_image_tokens(tmp_path):
+    d = save_tiny_checkpoint("qwen2_vl", tmp_path / "q")
+    vlm = build_vlm(VLMParams(preset=f"hf:{d}"))
+    with pytest.raises(ValueError, match="fixed grid"):
+        vlm.region_targets([[("car", (0.0, 0.0, 50.0, 50.0))]])

@@ -215,3 +215,26 @@ def test_base_model_key_follows_the_pretraining_data_not_the_stream():
     more_base = scenario_cfg("finetune", benchmark={**cfg["benchmark"], "base_images": 6})
     other = base_key(more_base, build_stream(more_base))
     assert other["pretrain_sha256"] != key["pretrain_sha256"] and other["questions"] == 18
+
+
+def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path, monkeypatch):
+    """base.region_weight > 0: base training adds the region-naming loss over the pre-training data's
+    boxes (which then key the cache); 0 keeps the key of before the option existed."""
+    from mmcl.scenario import base_model
+
+    monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
+    cfg = scenario_cfg("finetune", benchmark={**scenario_cfg()["benchmark"], "base_images": 5},
+                       vlm={**TINY_VLM, "image_size": 64}, base={"epochs": 3, "lr": 3e-3, "batch_size": 8})
+    stream = build_stream(cfg)
+    assert any(stream.pretrain.boxes) and len(stream.pretrain.boxes) == len(stream.pretrain)
+    off = base_model.base_key(cfg, stream)
+    assert "region_weight" not in off["base"] and "pretrain_boxes_sha256" not in off
+    on_cfg = {**cfg, "base": {**cfg["base"], "region_weight": 1.0}}
+    on = base_model.base_key(on_cfg, stream)
+    assert on["base"]["region_weight"] == 1.0 and on["pretrain_boxes_sha256"]
+    base_model.build_scenario_model(stream, on_cfg)
+    info = stream.info["base_model"]
+    assert 0 < info["labelled_cells"] < 1 and len(info["region_losses"]) == 3
+    assert info["region_losses"][-1] < info["region_losses"][0]  # the model learns to name the regions
+    with pytest.raises(ConfigError, match="base.region_weight' must be >= 0"):
+        scenario_cfg(base={"region_weight": -1.0})

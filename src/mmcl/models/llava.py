@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import math
 import os
 import time
 from collections import OrderedDict
@@ -384,6 +385,67 @@ class VLM(nn.Module):
         `batch` is from `VLM.batch`, or has images/questions/answers."""
         logits, target, rows = self.answer_logits(batch, with_rows=True)
         return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
+
+    # -- region naming (base training's auxiliary objective)
+    def region_targets(self, boxes: Sequence[Sequence], min_cover: float = 0.5) -> torch.Tensor:
+        """Per question and image token, the first token of the name of the object the token's cell
+        shows, IGNORE where it shows none: (N, num_image_tokens) long.
+
+        `boxes[i]` are question i's image objects, `(label, (x1, y1, x2, y2))` in 0-100 coordinates.
+        The image tokens of the presets are a square grid of cells in reading order; a cell shows the
+        object that covers the larger share of the smaller of the two (cell, box), if that share is at
+        least `min_cover` (a small object inside one cell names that cell).
+        """
+        if self.processor is not None:
+            raise ValueError("region naming needs a preset whose image tokens are a fixed grid (tiny, smollm2), "
+                             "not an hf:<dir> checkpoint")
+        side = int(round(math.sqrt(self.num_image_tokens)))
+        if side * side != self.num_image_tokens:
+            raise ValueError(f"{self.num_image_tokens} image tokens are not a square grid")
+        step = 100.0 / side
+        lo = torch.arange(side, dtype=torch.float64) * step
+        memo: dict[tuple, torch.Tensor] = {}
+        out = torch.full((len(boxes), side * side), IGNORE, dtype=torch.long)
+        for i, objs in enumerate(boxes):
+            key = tuple((str(lab), tuple(map(float, b))) for lab, b in objs)
+            if key not in memo:
+                best = torch.zeros(side, side, dtype=torch.float64)
+                lab_ = torch.full((side, side), IGNORE, dtype=torch.long)
+                for name, (x1, y1, x2, y2) in key:
+                    ox = (torch.minimum(lo + step, torch.tensor(x2)) - torch.maximum(lo, torch.tensor(x1))).clamp(min=0)
+                    oy = (torch.minimum(lo + step, torch.tensor(y2)) - torch.maximum(lo, torch.tensor(y1))).clamp(min=0)
+                    cover = oy[:, None] * ox[None, :] / max(min((x2 - x1) * (y2 - y1), step * step), 1e-9)
+                    win = (cover > best) & (cover >= min_cover)
+                    best = torch.where(win, cover, best)
+                    lab_[win] = self._encode(name)[0]
+                memo[key] = lab_.reshape(-1)
+            out[i] = memo[key]
+        return out
+
+    def losses(self, batch: dict, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(answer loss as in `loss`, region-naming loss) from one forward pass.
+
+        The region-naming loss is the cross-entropy of the language-model head at each image token
+        against `cells` (`region_targets`; IGNORE cells are left out; 0 when none is labelled): it
+        asks the model to say which object each part of the image shows, in the words its answers
+        use, the dense counterpart of a category question.
+        """
+        if "input_ids" not in batch:
+            batch = self.batch(batch["images"], batch["questions"], batch["answers"])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        h = self.hf.model(**inputs)[0]
+        head = self.hf.lm_head
+        target = batch["labels"][:, 1:]
+        keep = target != IGNORE
+        rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
+        answer = per_question_mean(F.cross_entropy(head(h[:, :-1][keep]).float(), target[keep], reduction="none"), rows)
+        img = batch["input_ids"] == self.image_token_id
+        lab = cells.to(h.device).reshape(-1)
+        if int(img.sum()) != lab.numel():
+            raise ValueError(f"{lab.numel()} region targets for {int(img.sum())} image tokens")
+        m = lab != IGNORE
+        region = F.cross_entropy(head(h[img][m]).float(), lab[m]) if bool(m.any()) else h.sum() * 0.0
+        return answer, region
 
     # -- evaluation
     @torch.no_grad()

@@ -95,7 +95,7 @@ def sample_set(samples: list[Sample], images: torch.Tensor, where: dict[str, int
     return SampleSet(images, torch.tensor([where[s.image] for s in samples], dtype=torch.long),
                      [s.question for s in samples], [s.answer for s in samples],
                      torch.tensor([s.is_grounding for s in samples], dtype=torch.bool),
-                     [s.id for s in samples], [s.scenario for s in samples])
+                     [s.id for s in samples], [s.scenario for s in samples], [s.boxes for s in samples])
 
 
 def _image_size(cfg: dict) -> int | None:
