@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     preds = read_predictions(args.run) if args.run else None
     b = load_config("msvqa-mini-finetune", overrides)["benchmark"]
     root, _ = ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
-                                questions_per_image=b["questions_per_image"], base_images=b["base_images"])
+                                questions_per_image=b["questions_per_image"], base_images=b["base_images"],
+                                ground_kinds=b["ground_kinds"])
     train = [s for s in read_llava_json(root / "train.json", image_root=root) if s.scenario == PRETRAIN_SCENARIO]
     test = [s for s in read_llava_json(root / "test.json", image_root=root)
             if s.scenario in STREAM_SCENARIOS and s.qtype != "grounding"]

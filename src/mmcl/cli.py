@@ -144,7 +144,8 @@ def _data_msvqa(args) -> int:
 
     b = load_config("msvqa-mini-finetune", args.overrides)["benchmark"]
     root, man = ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
-                                  questions_per_image=b["questions_per_image"], base_images=b["base_images"])
+                                  questions_per_image=b["questions_per_image"], base_images=b["base_images"],
+                                  ground_kinds=b["ground_kinds"])
     if args.json:
         print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=1))
         return 0

@@ -170,3 +170,32 @@ def test_base_images_sizes_only_the_pretraining_scenario(tmp_path):
     assert man["stats"]["ground"]["train"]["images"] == 3 and man["stats"]["indoor"]["train"]["images"] == 1
     assert man["params"]["base_images"] == 3
     assert man["stats"]["ground"]["test"]["images"] == man["stats"]["indoor"]["test"]["images"] == 1
+
+
+def test_ground_with_all_kinds_names_the_streams_objects(tmp_path):
+    """ground_kinds="all": the ground scenario shows (and asks about) the stream's labelled kinds, the
+    other scenarios are the same bytes, and the default keeps its parameters and cache folder."""
+    from mmcl.data.msvqa.scenes import GROUND_KINDS, scenario_spec
+
+    assert GROUND_KINDS == ("own", "all")
+    own, wide = scenario_spec("ground"), scenario_spec("ground", "all")
+    stream_kinds = {c for s in ("high-altitude", "underwater", "low-altitude", "indoor") for c in SCENARIOS[s].categories}
+    assert set(own.categories) == {"car", "person", "ball", "box", "duck", "cone"}
+    assert stream_kinds <= set(wide.categories) and set(own.categories) <= set(wide.categories)
+    assert scenario_spec("indoor", "all") is SCENARIOS["indoor"]
+    with pytest.raises(ValueError, match="ground_kinds"):
+        scenario_spec("ground", "most")
+    sizes = {"train_images": 6, "test_images": 1, "questions_per_image": 4}
+    a = G.generate(tmp_path / "a", seed=0, scenarios=["indoor", "ground"], ground_kinds="all", **sizes)
+    b = G.generate(tmp_path / "b", seed=0, scenarios=["indoor", "ground"], **sizes)
+    assert a["params"]["ground_kinds"] == "all" and "ground_kinds" not in b["params"]
+    assert a["categories"]["ground"] == list(wide.categories)
+    labels = {x.label for s in read_llava_json(tmp_path / "a" / "train.json", image_root=tmp_path / "a")
+              if s.scenario == "ground" for x in s.boxes}
+    assert labels - set(own.categories)  # six images already show kinds the own ground never has
+    for i in range(6):
+        rel = f"images/indoor/train/{i:04d}.png"
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert (tmp_path / "a/images/ground/train/0000.png").read_bytes() != (tmp_path / "b/images/ground/train/0000.png").read_bytes()
+    pa = G._params(6, 1, 4, ALL_SCENARIOS, 0, "all")
+    assert G.default_root(0, pa).name.endswith("-gall") and not G.default_root(0, G._params(6, 1, 4, ALL_SCENARIOS, 0, "own")).name.endswith("-gall")

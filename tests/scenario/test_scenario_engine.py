@@ -137,6 +137,8 @@ def test_config_errors_name_the_key(tmp_path, capsys):
         scenario_cfg(vlm={**TINY_VLM, "lora_rank": 4})
     with pytest.raises(ConfigError, match="'stream.protocol' must be one of 4-step, 20-step"):
         scenario_cfg(stream={"protocol": "10-step"})
+    with pytest.raises(ConfigError, match="benchmark.ground_kinds: expected one of own, all, got 'most'"):
+        scenario_cfg(benchmark={**scenario_cfg()["benchmark"], "ground_kinds": "most"})
     with pytest.raises(ConfigError, match="unknown config key 'model.hidden_dim'"):
         scenario_cfg(model={"hidden_dim": 3})
     with pytest.raises(ConfigError, match="method 'derpp' does not support the scenario setting"):

@@ -27,6 +27,7 @@ from mmcl.config import ConfigError
 from mmcl.data import register_benchmark
 from mmcl.data.msvqa.llava_format import LlavaFormatError, Sample, read_llava_json
 from mmcl.data.msvqa.mini import PRETRAIN_SCENARIO, STREAM_SCENARIOS, ensure_msvqa_mini
+from mmcl.data.msvqa.scenes import GROUND_KINDS
 from mmcl.stream import Experience, SampleSet, Stream
 
 SUBTASKS = 5  # sub-tasks per scenario in the 20-step protocol (DESIGN.md section 3)
@@ -44,6 +45,7 @@ class MsvqaMiniParams:
     base_images: int = 0  # training images of the pre-training scenario (the base model's data); 0 = train_images
     scenarios: list = field(default_factory=lambda: list(STREAM_SCENARIOS))  # the stream's scenarios
     base_scenario: str = PRETRAIN_SCENARIO  # trains the base model; "" = use the model as built
+    ground_kinds: str = "own"  # the ground scenario's objects: own (six everyday kinds) | all (every kind of the stream too)
 
     @staticmethod
     def check(b: dict) -> None:
@@ -51,6 +53,8 @@ class MsvqaMiniParams:
         if bad or not b["scenarios"] or len(set(b["scenarios"])) != len(b["scenarios"]):
             raise ConfigError(f"benchmark.scenarios: expected distinct names among {', '.join(STREAM_SCENARIOS)}, "
                               f"got {b['scenarios']}")
+        if b["ground_kinds"] not in GROUND_KINDS:
+            raise ConfigError(f"benchmark.ground_kinds: expected one of {', '.join(GROUND_KINDS)}, got {b['ground_kinds']!r}")
         if b["base_scenario"] not in ("", PRETRAIN_SCENARIO):
             raise ConfigError(f"benchmark.base_scenario: '{PRETRAIN_SCENARIO}' or '' (no base training), "
                               f"got {b['base_scenario']!r}")
@@ -158,7 +162,8 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
 def build_msvqa_mini(p: MsvqaMiniParams, cfg: dict) -> Stream:
     """msvqa-mini: embedded multi-scenario VQA and grounding (pybullet renders), generated once and cached."""
     root, man = ensure_msvqa_mini(seed=p.data_seed, train_images=p.train_images, test_images=p.test_images,
-                                  questions_per_image=p.questions_per_image, base_images=p.base_images)
+                                  questions_per_image=p.questions_per_image, base_images=p.base_images,
+                                  ground_kinds=p.ground_kinds)
     samples = read_llava_json(root / "train.json", image_root=root) + read_llava_json(root / "test.json",
                                                                                         image_root=root)
     train = [s for s in samples if s.split == "train"]

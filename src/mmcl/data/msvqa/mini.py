@@ -12,7 +12,7 @@ from PIL import Image
 from mmcl.data.mm5.common import begin, files_digest
 from mmcl.data.msvqa.boxes import format_box, format_boxes, pixel_box_to_percent
 from mmcl.data.msvqa.llava_format import ObjectBox, Sample, read_llava_json, write_llava_json
-from mmcl.data.msvqa.scenes import KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer
+from mmcl.data.msvqa.scenes import GROUND_KINDS, KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer, scenario_spec
 from mmcl.results import atomic_write_text
 
 NAME = "msvqa-mini"
@@ -32,9 +32,9 @@ def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def _questions(scene: RenderedScene, scenario: str, rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
-    """`n` distinct (question, answer, type) about a rendered scene, types drawn without repetition."""
-    cats = SCENARIOS[scenario].categories
+def _questions(scene: RenderedScene, cats: tuple[str, ...], rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+    """`n` distinct (question, answer, type) about a rendered scene of a scenario with labelled
+    categories `cats`, types drawn without repetition."""
     objs = scene.objects
     counts = {c: sum(o.category == c for o in objs) for c in cats}
     present = [c for c in cats if counts[c]]
@@ -94,11 +94,12 @@ def _png(rgb: np.ndarray) -> bytes:
 
 def _generate_scenario(args) -> tuple[list[Sample], dict]:
     """Render and write one scenario's images; return its samples and statistics."""
-    root, scenario, seed, counts, q_per_image = args
+    root, scenario, seed, counts, q_per_image, ground_kinds = args
     root = Path(root)
     samples: list[Sample] = []
     stats = {}
-    with SceneRenderer(scenario) as r:
+    cats = scenario_spec(scenario, ground_kinds).categories
+    with SceneRenderer(scenario, ground_kinds) as r:
         for split in SPLITS:
             means, stds, areas, n_obj = [], [], [], []
             for i in range(counts[split]):
@@ -113,7 +114,7 @@ def _generate_scenario(args) -> tuple[list[Sample], dict]:
                 n_obj.append(len(scene.objects))
                 areas += [(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]) / SIZE ** 2 * 100 for o in scene.objects]
                 boxes = tuple(ObjectBox(o.category, pixel_box_to_percent(o.box, SIZE, SIZE)) for o in scene.objects)
-                for k, (q, a, t) in enumerate(_questions(scene, scenario, rng, q_per_image)):
+                for k, (q, a, t) in enumerate(_questions(scene, cats, rng, q_per_image)):
                     samples.append(Sample(f"{scenario}-{split}-{i:04d}-{k}", str((root / rel).resolve()), q, a,
                                           scenario, boxes, t, split))
             stats[split] = {
@@ -129,14 +130,17 @@ def _generate_scenario(args) -> tuple[list[Sample], dict]:
 # ------------------------------------------------------------------------------------------ files
 def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], test_images: int = DEFAULTS["test_images"],
              questions_per_image: int = DEFAULTS["questions_per_image"], scenarios=ALL_SCENARIOS,
-             workers: int = 1, base_images: int = DEFAULTS["base_images"]) -> dict:
+             workers: int = 1, base_images: int = DEFAULTS["base_images"], ground_kinds: str = "own") -> dict:
     """Render every scenario's images under `root`, write train.json / test.json (LLaVA format) and,
-    last, manifest.json with the content hash; return the manifest. Same seed and sizes -> same bytes."""
+    last, manifest.json with the content hash; return the manifest. Same seed and sizes -> same bytes.
+    `ground_kinds` (`scenes.GROUND_KINDS`): the ground scenario's objects, its own six kinds or all."""
     t0 = time.perf_counter()
     scenarios = tuple(scenarios)
     for s in scenarios:
         if s not in SCENARIOS:
             raise ValueError(f"unknown msvqa-mini scenario {s!r}; available: {', '.join(ALL_SCENARIOS)}")
+    if ground_kinds not in GROUND_KINDS:
+        raise ValueError(f"ground_kinds must be one of {', '.join(GROUND_KINDS)}, got {ground_kinds!r}")
     if min(train_images, test_images, base_images) < 0 or not 1 <= questions_per_image <= len(QUESTION_TYPES):
         raise ValueError("need train_images, test_images, base_images >= 0 and "
                          f"1 <= questions_per_image <= {len(QUESTION_TYPES)}")
@@ -144,7 +148,7 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
     counts = {s: {"train": int(base_images or train_images) if s == PRETRAIN_SCENARIO else int(train_images),
                   "test": int(test_images)}
               for s in scenarios}
-    jobs = [(str(root), s, int(seed), counts[s], int(questions_per_image)) for s in scenarios]
+    jobs = [(str(root), s, int(seed), counts[s], int(questions_per_image), ground_kinds) for s in scenarios]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
@@ -165,17 +169,23 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
                     for split in SPLITS}
     man = {
         "name": NAME, "version": VERSION, "seed": int(seed),
-        "params": {"train_images": int(train_images), "test_images": int(test_images),
-                   "questions_per_image": int(questions_per_image), "scenarios": list(scenarios),
-                   "base_images": int(base_images)},
+        "params": _params(train_images, test_images, questions_per_image, scenarios, base_images, ground_kinds),
         "image_size": SIZE,
-        "categories": {s: list(SCENARIOS[s].categories) for s in scenarios},
+        "categories": {s: list(scenario_spec(s, ground_kinds).categories) for s in scenarios},
         "box_format": "[x1,y1,x2,y2] integers 0-100 (percent of width/height, origin top-left); boxes joined by ';'",
         "files": files, "bytes": total, "sha256": sha, "stats": stats,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     atomic_write_text(root / "manifest.json", json.dumps(man, indent=1))
     return man
+
+
+def _params(train_images, test_images, questions_per_image, scenarios, base_images, ground_kinds) -> dict:
+    p = {"train_images": int(train_images), "test_images": int(test_images),
+         "questions_per_image": int(questions_per_image), "scenarios": list(scenarios), "base_images": int(base_images)}
+    if ground_kinds != "own":  # the default leaves the parameters (and caches) of before the option
+        p["ground_kinds"] = ground_kinds
+    return p
 
 
 def read_manifest(root) -> dict | None:
@@ -209,6 +219,8 @@ def default_root(seed: int, params: dict) -> Path:
            f"-b{params['base_images']}")
     if tuple(params["scenarios"]) != ALL_SCENARIOS:
         tag += "-" + "+".join(params["scenarios"])
+    if params.get("ground_kinds", "own") != "own":
+        tag += f"-g{params['ground_kinds']}"
     return cache_dir() / "data" / "msvqa" / f"{NAME}-v{VERSION}-{tag}"
 
 
@@ -216,16 +228,15 @@ def ensure_msvqa_mini(seed: int = 0, train_images: int = DEFAULTS["train_images"
                       test_images: int = DEFAULTS["test_images"],
                       questions_per_image: int = DEFAULTS["questions_per_image"], scenarios=ALL_SCENARIOS,
                       root=None, workers: int = 1, verify: bool = False,
-                      base_images: int = DEFAULTS["base_images"]) -> tuple[Path, dict]:
+                      base_images: int = DEFAULTS["base_images"], ground_kinds: str = "own") -> tuple[Path, dict]:
     """msvqa-mini on disk (generated once, under $MMCL_CACHE/data/msvqa/ unless `root` is given):
     returns (root, manifest). Regeneration is skipped when the manifest matches."""
-    params = {"train_images": int(train_images), "test_images": int(test_images),
-              "questions_per_image": int(questions_per_image), "scenarios": list(scenarios),
-              "base_images": int(base_images)}
+    params = _params(train_images, test_images, questions_per_image, scenarios, base_images, ground_kinds)
     root = Path(root) if root is not None else default_root(seed, params)
     man = manifest_matches(root, seed, params, verify)
     if man is None:
-        man = generate(root, seed, train_images, test_images, questions_per_image, scenarios, workers, base_images)
+        man = generate(root, seed, train_images, test_images, questions_per_image, scenarios, workers, base_images,
+                       ground_kinds)
     return root, man
 
 

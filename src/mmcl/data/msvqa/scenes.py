@@ -27,9 +27,14 @@ Why each scenario looks the way it does:
   household objects plus unlabelled clutter, warm light, a wall behind.
 - ``ground``: neutral ground-level scenes (camera at eye height, looking slightly down) of a few
   everyday objects on plain ground under a sky; the base model's pre-training scenario.
+  With ``ground_kinds="all"`` it shows every labelled kind of the stream (plus boxes and cones),
+  each at a size that reads well from eye height (model aircraft, large toys), the way a
+  pretrained MLLM has seen the objects before it meets them from above, underwater or on a
+  table: what the stream then teaches is the scenario's view and appearance, not new names.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -157,6 +162,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
 ]}
 # scales for the ground-level versions of objects that are toys elsewhere
 _GROUND_SIZES = {"duck": (0.4, 0.7), "ball": (0.3, 0.6), "car": (4.0, 4.8), "person": (1.6, 1.9)}
+# ground_kinds="all": every labelled kind of the stream at a size seen well from eye height within
+# the ground scenario's 15 m range (toys and household objects larger, aircraft, buses, tanks as models)
+_GROUND_ALL_SIZES = {**_GROUND_SIZES, "mug": (0.3, 0.5), "teddy bear": (0.5, 0.8), "bottle": (0.4, 0.7),
+                     "book": (0.4, 0.6), "fish": (0.5, 0.9), "turtle": (0.6, 1.0), "starfish": (0.4, 0.7),
+                     "jellyfish": (0.4, 0.7), "rock": (0.5, 0.9), "airplane": (3.5, 4.8), "helicopter": (3.0, 4.5),
+                     "truck": (3.5, 4.8), "bus": (3.8, 4.8), "storage tank": (2.0, 3.5), "bicycle": (1.6, 1.9)}
+_GROUND_ALL_CATEGORIES = ("airplane", "helicopter", "car", "truck", "storage tank", "fish", "turtle", "starfish",
+                          "jellyfish", "rock", "bus", "person", "bicycle", "mug", "teddy bear", "duck", "ball",
+                          "bottle", "book", "box", "cone")
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,21 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
 ]}
 
 
+#: the ground scenario's object set: "own" (six everyday kinds) or "all" (every labelled kind of the stream too)
+GROUND_KINDS = ("own", "all")
+
+
+def scenario_spec(name: str, ground_kinds: str = "own") -> Scenario:
+    """The `Scenario` of `name`; `ground_kinds="all"` widens the ground scenario to every labelled kind."""
+    if ground_kinds not in GROUND_KINDS:
+        raise ValueError(f"ground_kinds must be one of {', '.join(GROUND_KINDS)}, got {ground_kinds!r}")
+    sc = SCENARIOS[name]
+    if name == "ground" and ground_kinds == "all":
+        sc = dataclasses.replace(sc, categories=_GROUND_ALL_CATEGORIES, n_objects=(3, 7), n_present=(2, 4),
+                                 sizes=_GROUND_ALL_SIZES)
+    return sc
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def _hsv_jitter(rgb, rng: np.random.Generator, amount: float = 0.06) -> list[float]:
     c = np.clip(np.asarray(rgb) * rng.uniform(1 - amount * 2, 1 + amount) + rng.normal(0, amount / 3, 3), 0, 1)
@@ -257,10 +286,10 @@ class RenderedScene:
 class SceneRenderer:
     """A pybullet DIRECT client set up for one scenario; `render(rng)` draws one seeded scene."""
 
-    def __init__(self, scenario: str):
+    def __init__(self, scenario: str, ground_kinds: str = "own"):
         from mmcl.data.mm5.video import _quiet
 
-        self.sc = SCENARIOS[scenario]
+        self.sc = scenario_spec(scenario, ground_kinds)
         with _quiet():
             import pybullet as p
             import pybullet_data
