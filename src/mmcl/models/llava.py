@@ -357,9 +357,10 @@ class VLM(nn.Module):
         """The HF model's output (full-vocabulary logits); `loss` is cheaper for training."""
         return self.hf(**{k: v for k, v in batch.items() if k != "labels"})
 
-    def answer_logits(self, batch: dict, with_rows: bool = False):
+    def answer_logits(self, batch: dict, with_rows: bool = False, hidden: torch.Tensor | None = None):
         """Logits predicting each answer token (N, vocab) and those tokens (N,), over the whole batch
-        (and, with `with_rows`, the batch row of each token (N,)).
+        (and, with `with_rows`, the batch row of each token (N,)). `hidden`: the language model's
+        last hidden states of this batch when the caller already has them.
 
         The language-model head runs only where there is a target, which on short answers
         is most of the cost of a step for a large vocabulary.
@@ -371,7 +372,7 @@ class VLM(nn.Module):
         keep = target != IGNORE
         inner, head = getattr(self.hf, "model", None), getattr(self.hf, "lm_head", None)
         if inner is not None and head is not None:
-            h = inner(**inputs)[0][:, :-1]
+            h = (inner(**inputs)[0] if hidden is None else hidden)[:, :-1]
             logits = head(h[keep])
         else:
             logits = self.hf(**inputs).logits[:, :-1][keep]
@@ -432,19 +433,15 @@ class VLM(nn.Module):
         """
         if "input_ids" not in batch:
             batch = self.batch(batch["images"], batch["questions"], batch["answers"])
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        h = self.hf.model(**inputs)[0]
-        head = self.hf.lm_head
-        target = batch["labels"][:, 1:]
-        keep = target != IGNORE
-        rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
-        answer = per_question_mean(F.cross_entropy(head(h[:, :-1][keep]).float(), target[keep], reduction="none"), rows)
+        h = self.hf.model(**{k: v for k, v in batch.items() if k != "labels"})[0]
+        logits, target, rows = self.answer_logits(batch, with_rows=True, hidden=h)
+        answer = per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
         img = batch["input_ids"] == self.image_token_id
         lab = cells.to(h.device).reshape(-1)
         if int(img.sum()) != lab.numel():
             raise ValueError(f"{lab.numel()} region targets for {int(img.sum())} image tokens")
         m = lab != IGNORE
-        region = F.cross_entropy(head(h[img][m]).float(), lab[m]) if bool(m.any()) else h.sum() * 0.0
+        region = F.cross_entropy(self.hf.lm_head(h[img][m]).float(), lab[m]) if bool(m.any()) else h.sum() * 0.0
         return answer, region
 
     # -- evaluation
