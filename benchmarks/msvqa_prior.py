@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from mmcl.config import load_config
-from mmcl.data.msvqa import ensure_msvqa_mini
+from mmcl.data.msvqa import ensure_msvqa_mini_for
 from mmcl.data.msvqa.llava_format import read_llava_json
 from mmcl.data.msvqa.mini import PRETRAIN_SCENARIO, STREAM_SCENARIOS
 from mmcl.scenario import normalize_answer
@@ -51,9 +51,7 @@ def main(argv: list[str]) -> int:
     args, overrides = ap.parse_known_args(argv)
     preds = read_predictions(args.run) if args.run else None
     b = load_config("msvqa-mini-finetune", overrides)["benchmark"]
-    root, _ = ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
-                                questions_per_image=b["questions_per_image"], base_images=b["base_images"],
-                                ground_kinds=b["ground_kinds"])
+    root, _ = ensure_msvqa_mini_for(b)
     train = [s for s in read_llava_json(root / "train.json", image_root=root) if s.scenario == PRETRAIN_SCENARIO]
     test = [s for s in read_llava_json(root / "test.json", image_root=root)
             if s.scenario in STREAM_SCENARIOS and s.qtype != "grounding"]

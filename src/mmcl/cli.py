@@ -139,13 +139,11 @@ def _data_msvqa(args) -> int:
     """Generate (once) msvqa-mini for `benchmark.*` overrides and print its manifest."""
     import json
 
-    from mmcl.data.msvqa import ensure_msvqa_mini
+    from mmcl.data.msvqa import ensure_msvqa_mini_for
     from mmcl.report import text_table
 
     b = load_config("msvqa-mini-finetune", args.overrides)["benchmark"]
-    root, man = ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
-                                  questions_per_image=b["questions_per_image"], base_images=b["base_images"],
-                                  ground_kinds=b["ground_kinds"])
+    root, man = ensure_msvqa_mini_for(b)
     if args.json:
         print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=1))
         return 0

@@ -226,7 +226,7 @@ def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path,
 
     monkeypatch.setenv("MMCL_CACHE", str(tmp_path / "cache"))
     cfg = scenario_cfg("finetune", benchmark={**scenario_cfg()["benchmark"], "base_images": 5},
-                       vlm={**TINY_VLM, "image_size": 64}, base={"epochs": 3, "lr": 3e-3, "batch_size": 8})
+                       vlm={**TINY_VLM, "image_size": 64}, base={"epochs": 8, "lr": 1e-2, "batch_size": 8})
     stream = build_stream(cfg)
     assert any(stream.pretrain.boxes) and len(stream.pretrain.boxes) == len(stream.pretrain)
     off = base_model.base_key(cfg, stream)
@@ -234,9 +234,14 @@ def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path,
     on_cfg = {**cfg, "base": {**cfg["base"], "region_weight": 1.0}}
     on = base_model.base_key(on_cfg, stream)
     assert on["base"]["region_weight"] == 1.0 and on["pretrain_boxes_sha256"]
-    base_model.build_scenario_model(stream, on_cfg)
+    named = base_model.build_scenario_model(stream, on_cfg)
     info = stream.info["base_model"]
-    assert 0 < info["labelled_cells"] < 1 and len(info["region_losses"]) == 3
+    assert 0 < info["labelled_cells"] < 1 and len(info["region_losses"]) == 8
     assert info["region_losses"][-1] < info["region_losses"][0]  # the model learns to name the regions
+    plain = base_model.build_scenario_model(stream, cfg)  # same data and start, answers only
+    data = stream.pretrain.take(torch.arange(len(stream.pretrain)))
+    cells = named.region_targets(stream.pretrain.boxes)
+    with torch.no_grad():  # the loss was trained: the weighted model names the regions far better
+        assert named.losses(data, cells)[1].item() < 0.5 * plain.losses(data, cells)[1].item()
     with pytest.raises(ConfigError, match="base.region_weight' must be >= 0"):
         scenario_cfg(base={"region_weight": -1.0})

@@ -58,12 +58,10 @@ def pretrain_digest(data: SampleSet) -> str:
 def base_key(cfg: dict, stream: Stream) -> dict:
     p = {k: v for k, v in dataclasses.asdict(vlm_params(cfg)).items() if k not in STREAM_ONLY}
     p["lora_targets"] = None
-    base = dict(cfg["base"])
+    base = {k: v for k, v in cfg["base"].items() if k != "region_weight" or v}  # off: the key of before the option
     key = {"version": VERSION, "vlm": p, "base": base, "pretrain_sha256": pretrain_digest(stream.pretrain),
            "base_scenario": stream.info.get("base_scenario"), "questions": len(stream.pretrain)}
-    if not base.get("region_weight"):  # off: the key (and cached base models) of before the option existed
-        base.pop("region_weight", None)
-    else:  # the boxes are then training data too
+    if "region_weight" in base:  # the boxes are then training data too
         key["pretrain_boxes_sha256"] = hashlib.sha256(json.dumps(
             [[[str(lab), [float(x) for x in b]] for lab, b in objs] for objs in stream.pretrain.boxes]).encode()).hexdigest()
     return key

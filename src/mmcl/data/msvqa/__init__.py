@@ -51,11 +51,11 @@ Usage::
 """
 from mmcl.data.msvqa.boxes import format_box, format_boxes, is_box_answer
 from mmcl.data.msvqa.mini import (ALL_SCENARIOS, PRETRAIN_SCENARIO, QUESTION_TYPES, STREAM_SCENARIOS,
-                                      ensure_msvqa_mini, generate, load_msvqa_mini, manifest_matches)
+                                      ensure_msvqa_mini, ensure_msvqa_mini_for, generate, load_msvqa_mini, manifest_matches)
 from mmcl.data.msvqa.llava_format import LlavaFormatError, ObjectBox, Sample, read_llava_json, write_llava_json
 
 __all__ = [
     "ALL_SCENARIOS", "PRETRAIN_SCENARIO", "QUESTION_TYPES", "STREAM_SCENARIOS", "LlavaFormatError", "ObjectBox",
-    "Sample", "ensure_msvqa_mini", "format_box", "format_boxes", "generate", "is_box_answer", "load_msvqa_mini",
+    "Sample", "ensure_msvqa_mini", "ensure_msvqa_mini_for", "format_box", "format_boxes", "generate", "is_box_answer", "load_msvqa_mini",
     "manifest_matches", "read_llava_json", "write_llava_json",
 ]

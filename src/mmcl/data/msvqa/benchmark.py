@@ -17,6 +17,7 @@ model (`mmcl.scenario.base_model`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from mmcl.config import ConfigError
 from mmcl.data import register_benchmark
 from mmcl.data.msvqa.llava_format import LlavaFormatError, Sample, read_llava_json
-from mmcl.data.msvqa.mini import PRETRAIN_SCENARIO, STREAM_SCENARIOS, ensure_msvqa_mini
+from mmcl.data.msvqa.mini import PRETRAIN_SCENARIO, STREAM_SCENARIOS, ensure_msvqa_mini_for
 from mmcl.data.msvqa.scenes import GROUND_KINDS
 from mmcl.stream import Experience, SampleSet, Stream
 
@@ -161,9 +162,7 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
 @register_benchmark("msvqa-mini", MsvqaMiniParams)
 def build_msvqa_mini(p: MsvqaMiniParams, cfg: dict) -> Stream:
     """msvqa-mini: embedded multi-scenario VQA and grounding (pybullet renders), generated once and cached."""
-    root, man = ensure_msvqa_mini(seed=p.data_seed, train_images=p.train_images, test_images=p.test_images,
-                                  questions_per_image=p.questions_per_image, base_images=p.base_images,
-                                  ground_kinds=p.ground_kinds)
+    root, man = ensure_msvqa_mini_for(dataclasses.asdict(p))
     samples = read_llava_json(root / "train.json", image_root=root) + read_llava_json(root / "test.json",
                                                                                         image_root=root)
     train = [s for s in samples if s.split == "train"]

@@ -12,7 +12,7 @@ from PIL import Image
 from mmcl.data.mm5.common import begin, files_digest
 from mmcl.data.msvqa.boxes import format_box, format_boxes, pixel_box_to_percent
 from mmcl.data.msvqa.llava_format import ObjectBox, Sample, read_llava_json, write_llava_json
-from mmcl.data.msvqa.scenes import GROUND_KINDS, KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer, scenario_spec
+from mmcl.data.msvqa.scenes import KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer, scenario_spec
 from mmcl.results import atomic_write_text
 
 NAME = "msvqa-mini"
@@ -139,8 +139,7 @@ def generate(root, seed: int = 0, train_images: int = DEFAULTS["train_images"], 
     for s in scenarios:
         if s not in SCENARIOS:
             raise ValueError(f"unknown msvqa-mini scenario {s!r}; available: {', '.join(ALL_SCENARIOS)}")
-    if ground_kinds not in GROUND_KINDS:
-        raise ValueError(f"ground_kinds must be one of {', '.join(GROUND_KINDS)}, got {ground_kinds!r}")
+    scenario_spec(PRETRAIN_SCENARIO, ground_kinds)  # a bad ground_kinds fails here, before any file is written
     if min(train_images, test_images, base_images) < 0 or not 1 <= questions_per_image <= len(QUESTION_TYPES):
         raise ValueError("need train_images, test_images, base_images >= 0 and "
                          f"1 <= questions_per_image <= {len(QUESTION_TYPES)}")
@@ -238,6 +237,13 @@ def ensure_msvqa_mini(seed: int = 0, train_images: int = DEFAULTS["train_images"
         man = generate(root, seed, train_images, test_images, questions_per_image, scenarios, workers, base_images,
                        ground_kinds)
     return root, man
+
+
+def ensure_msvqa_mini_for(b: dict) -> tuple[Path, dict]:
+    """`ensure_msvqa_mini` for a config's `benchmark` section (msvqa-mini's fields)."""
+    return ensure_msvqa_mini(seed=b["data_seed"], train_images=b["train_images"], test_images=b["test_images"],
+                             questions_per_image=b["questions_per_image"], base_images=b["base_images"],
+                             ground_kinds=b["ground_kinds"])
 
 
 def load_msvqa_mini(split: str | None = None, scenarios=None, **kwargs) -> list[Sample]:
