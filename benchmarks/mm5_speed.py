@@ -48,9 +48,9 @@ def main() -> int:
     rows = []
     for m in p.modalities:
         t0 = time.perf_counter()
-        mm5.ensure_data(m, p, cfg)
+        mm5.ensure_data(m, p)
         t1 = time.perf_counter()
-        feats, _ = mm5.modality_features(m, p, cfg)
+        feats, _ = mm5.modality_features(m, p)
         t2 = time.perf_counter()
         rows.append((m, t1 - t0, t2 - t1, len(feats["y"])))
     threads = cfg["threads"] or f"torch default, {__import__('torch').get_num_threads()}"

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl import seeds
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, evaluate, make_optimizer, run, seed_everything
 
 
@@ -33,14 +34,14 @@ def plain_loop(cfg: dict) -> list[list[float]]:
     seed_everything(cfg["seed"])
     method = build_method(stream, cfg)  # used only for its model and for `evaluate`
     model, t = method.model, cfg["train"]
-    rows = [evaluate(method, stream, -1, cfg)["modality_agnostic"]]
+    rows = [evaluate(method, stream, -1)["modality_agnostic"]]
     for i, exp in enumerate(stream):
-        method.experience = exp
+        method.begin_experience(exp)
         opt = make_optimizer(list(model.parameters()), t)
         n_seen = stream.seen_after(i)
         data, bs = exp.train, t["batch_size"]
         for epoch in range(t["epochs"]):
-            g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + i * 1_009 + epoch)
+            g = seeds.generator(cfg["seed"], "batch_order", i, epoch)
             order = torch.randperm(len(data), generator=g)
             for s in range(math.ceil(len(data) / bs)):
                 batch = data.take(order[s * bs:(s + 1) * bs])
@@ -48,7 +49,7 @@ def plain_loop(cfg: dict) -> list[list[float]]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        rows.append(evaluate(method, stream, i, cfg)["modality_agnostic"])
+        rows.append(evaluate(method, stream, i)["modality_agnostic"])
     return rows
 
 

@@ -22,10 +22,10 @@ import time
 import torch
 
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import seed_everything
 from mmcl.scenario import normalize_answer
-from mmcl.scenario.base_model import build_scenario_model
+from mmcl.settings import make_setting
 
 PREFIXES = (("how many", "count"), ("is there", "exist"), ("what color", "color"), ("what", "category"))
 
@@ -47,7 +47,7 @@ def main() -> int:
     torch.set_num_threads(int(cfg["threads"]) or torch.get_num_threads())
     seed_everything(cfg["seed"])
     stream = build_stream(cfg)
-    vlm = build_scenario_model(stream, cfg)
+    vlm = make_setting(cfg).build_model(stream)
     exp = stream[args.step]
     train, test = exp.train, exp.test
     test = test.subset(torch.nonzero(~test.grounding).flatten())

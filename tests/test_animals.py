@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmcl.config import load_config
-from mmcl.data import animals, build_stream
+from mmcl.data import animals
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run, seed_everything
 
 TINY = ["benchmark.train_per_class=40", "benchmark.test_per_class=20", "benchmark.image_size=64",

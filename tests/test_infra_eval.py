@@ -1,7 +1,7 @@
 """Validation split, modality-known prediction, synthetic token streams, Gaussian class statistics."""
 import torch
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import evaluate, run
 from mmcl.methods.base import METHODS
 from mmcl.methods.gaussians import ClassGaussians, realign_head
@@ -50,7 +50,7 @@ def test_engine_asks_modality_specific_methods_twice():
             return torch.nn.functional.one_hot(torch.zeros_like(batch["y"]), n).float() + 0 * logits
 
     m = Spy(stream, cfg, Spy.Hparams())
-    row = evaluate(m, stream, len(stream) - 1, cfg)
+    row = evaluate(m, stream, len(stream) - 1)
     assert set(calls) == {False, True}
     assert row["modality_aware"] == [1.0, 1.0, 1.0]
     assert row["modality_agnostic"][1:] == [0.0, 0.0]

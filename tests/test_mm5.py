@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmcl.config import load_config
-from mmcl.data import build_stream, mm5
+from mmcl.data import mm5
+from mmcl.settings import build_stream
 from mmcl.data.mm5 import image as mm5_image
 from mmcl.engine import build_method, run, seed_everything
 

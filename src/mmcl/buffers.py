@@ -1,57 +1,102 @@
-"""Replay memory with a fixed size in samples, kept class-balanced."""
+"""Replay memory with a fixed capacity, split in equal quotas over groups (classes, or steps)."""
 from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
 
 import torch
 
-from mmcl.stream import TensorSet
+#: how a memory splits its capacity: per class label (class-balanced) or per step of the stream
+GROUPINGS = ("label", "step")
+
+
+def _take(column, idx: torch.Tensor):
+    if isinstance(column, torch.Tensor):
+        return column[idx]
+    return [column[i] for i in idx.tolist()]
+
+
+def _cat(columns: list):
+    if isinstance(columns[0], torch.Tensor):
+        return torch.cat(columns)
+    return [x for c in columns for x in c]
 
 
 class ReplayBuffer:
-    """A class-balanced replay memory of at most `capacity` samples.
+    """A replay memory of at most `capacity` samples, split over groups in equal quotas.
 
-    After each experience every class seen so far gets an equal share of the capacity (the
-    first `capacity % n_classes` classes one more); old classes shrink to their share by
-    dropping their last stored samples, new classes fill theirs with a random draw from the
-    experience. All draws use the caller's generator, so every rank builds the same buffer.
+    A group is a class label (`group_by="label"`: class-balanced, the first `capacity % groups`
+    groups get one sample more) or a step of the stream (`group_by="step"`: every step gets
+    `capacity // steps`, quad's rule). When new groups arrive, old groups shrink to their quota
+    by dropping their last stored samples and each new group fills its quota with a random draw
+    (without replacement) from its samples. Samples are dicts of columns (tensors, or lists such
+    as questions); `columns` keeps only those named. All draws use the caller's generator, so
+    every rank of a distributed run builds the same memory.
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, group_by: str = "label", columns: Sequence[str] | None = None):
         if capacity < 0:
             raise ValueError(f"replay buffer capacity must be >= 0, got {capacity}")
-        self.capacity = capacity
-        self.data = TensorSet.empty()
+        if group_by not in GROUPINGS:
+            raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, got {group_by!r}")
+        self.capacity, self.group_by = capacity, group_by
+        self.columns = tuple(columns) if columns is not None else None
+        self.groups: dict[Hashable, dict[str, Any]] = {}  # in order of arrival
+        self._flat: dict[str, Any] | None = None  # the groups concatenated (cached)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return sum(_len(g) for g in self.groups.values())
 
-    def classes(self) -> list[int]:
-        return sorted(set(self.data["y"].tolist()))
+    def _quotas(self, keys: list) -> dict:
+        base, extra = divmod(self.capacity, len(keys))
+        spread = self.group_by == "label"
+        return {k: base + (1 if spread and i < extra else 0) for i, k in enumerate(keys)}
 
-    def update(self, new: TensorSet, generator: torch.Generator) -> None:
-        if self.capacity == 0 or len(new) == 0:
+    def add(self, data, groups: Sequence[Hashable], generator: torch.Generator) -> None:
+        """Store samples of `data` (anything with `take(index) -> dict of columns` and a length),
+        `groups[i]` being sample i's group; groups already stored are left as they are."""
+        if self.capacity == 0 or len(data) == 0:
             return
-        old_classes = self.classes()
-        new_classes = sorted(set(new["y"].tolist()) - set(old_classes))
-        all_classes = old_classes + new_classes
-        base, extra = divmod(self.capacity, len(all_classes))
-        quota = {c: base + (1 if k < extra else 0) for k, c in enumerate(all_classes)}
-        parts = []
-        for c in old_classes:
-            idx = torch.nonzero(self.data["y"] == c).flatten()[: quota[c]]
-            parts.append(self.data.subset(idx))
-        for c in new_classes:
-            idx = torch.nonzero(new["y"] == c).flatten()
-            idx = idx[torch.randperm(len(idx), generator=generator)[: quota[c]]]
-            parts.append(new.subset(idx))
-        self.data = TensorSet.cat(parts)
+        old = list(self.groups)
+        member = groups if isinstance(groups, torch.Tensor) else None
+        new = sorted(set(groups.tolist() if member is not None else groups) - set(old))
+        if not new:
+            return
+        quota = self._quotas(old + new)
+        for k in old:
+            self.groups[k] = {c: v[: quota[k]] for c, v in self.groups[k].items()}
+        for k in new:
+            if member is not None:
+                idx = torch.nonzero(member == k).flatten()
+            else:
+                idx = torch.tensor([i for i, g in enumerate(groups) if g == k], dtype=torch.long)
+            idx = idx[torch.randperm(len(idx), generator=generator)[: quota[k]]]
+            cols = data.take(idx)
+            self.groups[k] = {c: (v.clone() if isinstance(v, torch.Tensor) else list(v)) for c, v in cols.items()
+                              if self.columns is None or c in self.columns}
+        self._flat = None
 
-    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.randperm(len(self.data), generator=generator)[: min(n, len(self.data))]
-        return self.data.take(idx)
+    @property
+    def data(self) -> dict[str, Any]:
+        """Every stored sample, group after group: column -> tensor or list."""
+        if self._flat is None:
+            parts = list(self.groups.values())
+            self._flat = {c: _cat([p[c] for p in parts]) for c in parts[0]} if parts else {}
+        return self._flat
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, Any]:
+        """`n` distinct stored samples (fewer if the memory is smaller), uniformly at random."""
+        idx = torch.randperm(len(self), generator=generator)[: min(n, len(self))]
+        return {c: _take(v, idx) for c, v in self.data.items()}
 
     def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "data": dict(self.data.tensors)}
+        return {"capacity": self.capacity, "group_by": self.group_by, "columns": self.columns,
+                "groups": [(k, dict(v)) for k, v in self.groups.items()]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.capacity = state["capacity"]
-        self.data = TensorSet(state["data"])
+        self.capacity, self.group_by, self.columns = state["capacity"], state["group_by"], state["columns"]
+        self.groups = {k: dict(v) for k, v in state["groups"]}
+        self._flat = None
+
+
+def _len(columns: dict) -> int:
+    return len(next(iter(columns.values()))) if columns else 0

@@ -120,7 +120,7 @@ def _data(args) -> int:
     p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
     rows = []
     for modality in p.modalities:
-        root, man = mm5.ensure_data(modality, p, cfg)
+        root, man = mm5.ensure_data(modality, p)
         samples, labels, split = mm5.generator(modality).load(root)  # validates every file
         rows.append([modality, str(len(man["classes"])), str(int((split == 0).sum())), str(int((split == 1).sum())),
                      f"{man['bytes'] / 1e6:.1f} MB", f"{man['seconds']:.1f}s", man["sha256"][:16], str(root)])
@@ -164,7 +164,7 @@ def _data_msvqa(args) -> int:
 
 def _data_check(args) -> int:
     """Decode (once), validate and encode the data of a config's stream without training; print it."""
-    from mmcl.data import build_stream
+    from mmcl.settings import build_stream
     from mmcl.report import text_table
 
     cfg = load_config(args.benchmark, args.overrides)

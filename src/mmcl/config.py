@@ -1,24 +1,28 @@
 """YAML configs with dotted command-line overrides and validation that names the bad key.
 
-A run's config is the base defaults below, overlaid by a bundled or user YAML file, overlaid
-by `key=value` overrides. Method and benchmark hyper-parameters are validated against the
-dataclass of the chosen method / benchmark, so every key a user can type is known.
+A run's config is the shared defaults below plus its setting's own section (`Setting.schema`),
+overlaid by a bundled or user YAML file, overlaid by `key=value` overrides. Method and benchmark
+hyper-parameters are validated against the dataclass of the chosen method / benchmark, so every
+key a user can type is known.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mmcl.errors import ConfigError
+from mmcl.paths import cache_dir  # noqa: F401  (re-exported: where computed-once artefacts live)
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "mm5-er"
 
-#: Every key outside `method.*` and `benchmark.*` with its default value (and so its type).
+#: The keys every setting has (outside `method.*` and `benchmark.*`), with their defaults (and so their types);
+#: each setting adds its own (`mmcl.settings`, `Setting.schema`).
 BASE: dict[str, Any] = {
     "setting": "modality",
     "seed": 0,
@@ -27,24 +31,6 @@ BASE: dict[str, Any] = {
     "stream": {
         "order": "fixed",  # fixed | random: order of classes (animals) or modalities (mm5), seeded
         "order_seed": None,  # seed of a random order; default: seed
-        "experiences_per_modality": 1,  # mm5: split each modality's classes over this many experiences
-    },
-    "model": {
-        "hidden_dim": 512,  # projection MLP width (feature-vector benchmarks such as animals)
-        "backbone_layers": 1,  # blocks of frozen MiniLM used as the prompted transformer (token benchmarks)
-        "prompt_length": 4,  # learnable prompt tokens prepended to the input tokens
-        "logit_scale": 20.0,  # inverse temperature of the cosine similarity to the anchors
-        "anchor_template": "{}",  # text embedded as each class anchor
-    },
-    "encoder": {  # frozen encoder per modality: "default" (the bundled ones) or "hf:<local model directory>"
-        "image": "default",
-        "video": "default",
-        "audio": "default",
-        "depth": "default",
-        "text": "default",
-    },
-    "data": {
-        "on_error": "fail",  # fail | skip: input files that cannot be used stop the run (exit 2) or are left out
     },
     "train": {
         "epochs": 5,
@@ -71,49 +57,14 @@ BASE: dict[str, Any] = {
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
 }
 
-#: Keys of the scenario setting only (DESIGN.md section 3), beside BASE and `vlm.*` (the fields of
-#: `mmcl.models.llava.VLMParams`). A scenario config has no `model`, `encoder` or `data` section.
-SCENARIO: dict[str, Any] = {
-    "stream": {
-        "protocol": "4-step",  # 4-step: one step per scenario | 20-step: each scenario in 5 disjoint sub-tasks, interleaved
-    },
-    "base": {  # the base model: trained once (lm_train=full) on the benchmark's pre-training scenario, cached
-        "epochs": 12,
-        "lr": 2e-3,
-        "batch_size": 32,
-        "region_weight": 0.0,  # > 0: also name the object at every image token (needs the data's boxes)
-    },
-    "eval": {
-        "max_new_tokens": 48,  # greedy generation budget per answer (a box is about 9 tokens)
-        "predictions": True,  # write predictions.jsonl (every answer of the last evaluation)
-    },
-}
-#: BASE keys that mean nothing in the scenario setting (its schema leaves them out)
-MODALITY_ONLY = ("model.", "encoder.", "data.", "stream.experiences_per_modality")
-
 #: Keys whose value may differ between a run and its resumption.
 RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
 
 _CHOICES = {
-    "setting": ("modality", "scenario"),
-    "stream.protocol": ("4-step", "20-step"),
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
-    "data.on_error": ("fail", "skip"),
 }
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the CLI prints it as one line and exits with 2."""
-
-
-def cache_dir(cfg: dict | None = None) -> Path:
-    """Where computed-once artefacts (generated data, features, anchors) live: $MMCL_CACHE or ~/.cache/mmcl."""
-    d = os.environ.get("MMCL_CACHE") or "~/.cache/mmcl"
-    p = Path(d).expanduser()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -225,40 +176,39 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def _schema_for(cfg: dict) -> dict[str, Any]:
-    """Flat schema: every valid key -> its default, including method and benchmark fields."""
+    """Flat schema: every valid key -> its default, including the setting's, method's and benchmark's fields."""
     from mmcl.data import BENCHMARKS, benchmark_params
     from mmcl.methods import METHODS, method_hparams
+    from mmcl.settings import SETTINGS
 
-    schema = {k: v for k, v in flatten(BASE).items()}
     setting = cfg.get("setting", BASE["setting"])
-    if setting == "scenario":
-        schema = {k: v for k, v in schema.items() if not k.startswith(MODALITY_ONLY)}
-        schema.update(flatten(SCENARIO))
-        from mmcl.models.llava import VLMParams
-
-        for f in dataclasses.fields(VLMParams):
-            d = _field_default(f)
-            schema[f"vlm.{f.name}"] = list(d) if isinstance(d, tuple) else d
+    if setting not in SETTINGS:
+        close = difflib.get_close_matches(str(setting), list(SETTINGS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"config key 'setting' must be one of {', '.join(SETTINGS)}, got {setting!r}{hint}")
+    scls = SETTINGS[setting]
+    schema = {k: v for k, v in flatten(BASE).items() if not k.startswith(tuple(scls.drops))}
+    schema.update(flatten(scls.schema))
+    schema.update(scls.extra_schema(cfg))
     bname = cfg.get("benchmark", {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None
     mname = cfg.get("method", {}).get("name") if isinstance(cfg.get("method"), dict) else None
     if bname not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{bname}'; available: {', '.join(sorted(BENCHMARKS))}")
     if mname not in METHODS:
         raise ConfigError(f"unknown method '{mname}'; available: {', '.join(sorted(METHODS))}")
-    if setting in _CHOICES["setting"]:  # (a bad setting is reported with the other choices)
-        b_setting = getattr(benchmark_params(bname), "setting", "modality")
-        if b_setting != setting:
-            raise ConfigError(f"benchmark '{bname}' belongs to the {b_setting} setting; set setting={b_setting}")
-        if setting not in getattr(METHODS[mname], "settings", ("modality",)):
-            able = sorted(n for n, c in METHODS.items() if setting in getattr(c, "settings", ("modality",)))
-            raise ConfigError(f"method '{mname}' does not support the {setting} setting yet; "
-                              f"methods of that setting: {', '.join(able)}")
+    b_setting = getattr(benchmark_params(bname), "setting", "modality")
+    if b_setting != setting:
+        raise ConfigError(f"benchmark '{bname}' belongs to the {b_setting} setting; set setting={b_setting}")
+    if setting not in METHODS[mname].settings:
+        able = sorted(n for n, c in METHODS.items() if setting in c.settings)
+        raise ConfigError(f"method '{mname}' does not support the {setting} setting yet; "
+                          f"methods of that setting: {', '.join(able)}")
     for f in dataclasses.fields(benchmark_params(bname)):
         schema[f"benchmark.{f.name}"] = _field_default(f)
     for f in dataclasses.fields(method_hparams(mname)):
         schema[f"method.{f.name}"] = _field_default(f)
     # a method may default some hyper-parameters differently in a setting (e.g. ewc's lambda in scenario)
-    for k, v in (getattr(METHODS[mname], "setting_defaults", None) or {}).get(setting, {}).items():
+    for k, v in METHODS[mname].setting_defaults.get(setting, {}).items():
         if f"method.{k}" not in schema:
             raise ValueError(f"method '{mname}': setting_defaults names '{k}', which is not a hyper-parameter")
         schema[f"method.{k}"] = v
@@ -275,13 +225,13 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 def validate(cfg: dict) -> dict:
     """Return the fully resolved config (all defaults filled in) or raise ConfigError."""
+    from mmcl.data import benchmark_params
+    from mmcl.methods import METHODS
+    from mmcl.settings import SETTINGS
+
     schema = _schema_for(cfg)
-    flat = flatten(cfg)
-    if cfg.get("setting") == "scenario":  # BASE's modality-only defaults were overlaid too: not the user's keys
-        base = flatten(BASE)
-        flat = {k: v for k, v in flat.items() if not (k.startswith(MODALITY_ONLY) and k in base and v == base[k])}
     resolved: dict[str, Any] = {}
-    for key, value in flat.items():
+    for key, value in flatten(cfg).items():
         if key not in schema:
             # a section given an empty mapping flattens to the section name itself
             if isinstance(value, dict) and not value and any(k.startswith(key + ".") for k in schema):
@@ -290,31 +240,16 @@ def validate(cfg: dict) -> dict:
             hint = f"; closest valid key: '{close[0]}'" if close else ""
             raise ConfigError(f"unknown config key '{key}'{hint}")
         resolved[key] = _coerce(key, value, schema[key])
-    from mmcl.methods import METHODS
-
+    setting = SETTINGS[cfg.get("setting", BASE["setting"])]
     method_choices = METHODS[cfg["method"]["name"]].choices  # a method's own closed sets
-    for key, choices in [*_CHOICES.items(), *((f"method.{k}", v) for k, v in method_choices.items())]:
+    for key, choices in [*_CHOICES.items(), *setting.choices.items(),
+                         *((f"method.{k}", v) for k, v in method_choices.items())]:
         if key in resolved and resolved[key] not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {resolved[key]!r}")
     out: dict = {}
     for key, default in schema.items():
         set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
-    from mmcl.data import benchmark_params
-
-    custom = sorted(k for k, v in out.get("encoder", {}).items() if v != "default")
-    if custom:  # encoders from local checkpoints (mmcl.models.hf): format, directory, model kind
-        if not getattr(benchmark_params(out["benchmark"]["name"]), "custom_encoders", False):
-            raise ConfigError(f"config key 'encoder.{custom[0]}': benchmark '{out['benchmark']['name']}' uses its "
-                              f"bundled encoders; encoders from local checkpoints apply to benchmark 'user'")
-        from mmcl.models import hf
-
-        hf.check(out)
-    rw = out.get("base", {}).get("region_weight", 0.0)
-    if rw < 0:
-        raise ConfigError(f"config key 'base.region_weight' must be >= 0, got {rw!r}")
-    if rw and str(out.get("vlm", {}).get("preset", "")).startswith("hf:"):
-        raise ConfigError("config key 'base.region_weight': region naming needs a preset whose image tokens are a "
-                          "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+    setting.check(out)
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
         check(out["benchmark"])

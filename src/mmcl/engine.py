@@ -1,10 +1,10 @@
 """The continual-learning loop: for each experience -> method hooks -> evaluate -> checkpoint.
 
-The engine knows hooks, not methods (see `mmcl.methods.base`). It owns the data order
-(a permutation seeded by (seed, experience, epoch), so a resumed run sees exactly the
-batches an uninterrupted one would), the optimiser, evaluation, checkpoints and timing.
-Both settings run through the same loop; only the row evaluator differs (`evaluate` here for
-`modality`, `mmcl.scenario.evaluation.evaluate_scenario` for `scenario`).
+The engine knows hooks, not methods (see `mmcl.methods.base`), and settings, not their names
+(see `mmcl.settings`): the run's setting builds the stream, runs its stages before the stream
+(e.g. the scenario base model), builds the model, and evaluates. The engine owns the data order
+(a permutation seeded by (seed, experience, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would), the optimiser, checkpoints and timing.
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 import mmcl
 from mmcl import distributed as dist
-from mmcl.config import ConfigError, diff_keys
-from mmcl.data import DataError, build_stream
+from mmcl import seeds
+from mmcl.config import diff_keys
+from mmcl.errors import ConfigError, DataError
 from mmcl.methods import METHODS, Method
-from mmcl.metrics import SUMMARY_KEYS, accuracy, summary
+from mmcl.metrics import SUMMARY_KEYS, summary
 from mmcl.results import EventLog, RunDir, atomic_write_text
+from mmcl.settings import Setting, make_setting
 from mmcl.stream import Stream
-
-MATRICES = {"modality": ("modality_aware", "modality_agnostic"), "scenario": ("vqa", "grounding_f1")}
 
 
 class Interrupted(Exception):
@@ -61,10 +61,10 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def build_method(stream: Stream, cfg: dict) -> Method:
+def build_method(stream: Stream, cfg: dict, setting: Setting | None = None) -> Method:
     cls = METHODS[cfg["method"]["name"]]
     hp = cls.Hparams(**{k: v for k, v in cfg["method"].items() if k != "name"})
-    return cls(stream, cfg, hp)
+    return cls(stream, cfg, hp, setting if setting is not None else make_setting(cfg))
 
 
 def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
@@ -75,50 +75,10 @@ def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
     return torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
 
 
-@torch.no_grad()
-def evaluate(method: Method, stream: Stream, after: int, cfg: dict, progress: bool = False) -> dict[str, list]:
-    """One row per matrix: scores on every experience after training experience `after`.
-
-    Experience j is scored over the classes of experiences 0..max(after, j) (future
-    experiences enter with their own classes, which is what fwt measures); `after=-1` gives
-    the untrained model's scores b[j]. Modality-aware scoring masks out classes of other
-    modalities; modality-agnostic scoring does not. A method with modality-specific
-    parameters (`uses_known_modality`) is asked twice: once without the modality (agnostic;
-    it must infer whatever it needs from the sample) and once with it (aware).
-    """
-    method.model.eval()
-    aware, agnostic = [], []
-    bs = cfg["eval"]["batch_size"]
-    cls_mod = stream.class_modality
-    for j, exp in enumerate(tqdm(stream, desc="evaluating", leave=False, disable=None if progress else True)):
-        if j > after and after >= 0 and not cfg["eval"]["future"]:
-            aware.append(None)
-            agnostic.append(None)
-            continue
-        n = stream.seen_after(max(after, j))
-        other = torch.tensor([cls_mod[c] != exp.modality for c in range(n)])
-        preds_agn, preds_aw, ys = [], [], []
-        for batch in exp.test.batches(bs):
-            logits = method.predict(batch, n)
-            preds_agn.append(logits.argmax(1))
-            if method.uses_known_modality:  # modality-specific parameters, allowed only when aware
-                logits = method.predict(batch, n, known_modality=True)
-            preds_aw.append(logits.masked_fill(other, float("-inf")).argmax(1))
-            ys.append(batch["y"])
-        y = torch.cat(ys)
-        aware.append(accuracy(torch.cat(preds_aw), y))
-        agnostic.append(accuracy(torch.cat(preds_agn), y))
-    method.model.train()
-    return {"modality_aware": aware, "modality_agnostic": agnostic}
-
-
-def evaluator(setting: str):
-    """The function that scores one matrix row in `setting`."""
-    if setting == "scenario":
-        from mmcl.scenario.evaluation import evaluate_scenario
-
-        return evaluate_scenario
-    return evaluate
+def evaluate(method: Method, stream: Stream, after: int, progress: bool = False) -> dict[str, list]:
+    """One row per matrix after training experience `after` (-1: the untrained model), scored by a fresh
+    evaluator of the method's setting (`Setting.evaluator`)."""
+    return method.setting.evaluator()(method, stream, after, progress).rows
 
 
 def summarize(A: list, b: list | None) -> dict:
@@ -144,10 +104,13 @@ class Engine:
     # -- set-up -------------------------------------------------------------------------
     def _setup(self):
         cfg = self.cfg
+        self.setting = setting = make_setting(cfg)
+        if dist.active() and not setting.distributed:
+            raise ConfigError(f"the {setting.name} setting runs in one process for now (no torchrun)")
         seed_everything(cfg["seed"])
         if dist.is_main():  # rank 0 fills the feature cache first, the others then read it
             try:
-                self.stream = build_stream(cfg)
+                self.stream = setting.build_stream()
             except DataError as e:  # unusable input files: their report is all the run directory gets
                 if self.run_dir.writer:
                     report = self.run_dir.path / "data_errors.txt"
@@ -156,17 +119,13 @@ class Engine:
                 raise
         dist.barrier()
         if not dist.is_main():
-            self.stream = build_stream(cfg)
+            self.stream = setting.build_stream()
+        self.stages = setting.prepare(self.stream, self.progress)  # work before the stream, cached (base model)
         seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
-        if dist.active() and cfg["setting"] == "scenario":
-            raise ConfigError("the scenario setting runs in one process for now (no torchrun)")
-        self.method = build_method(self.stream, cfg)
-        if dist.active() and self.method.trainable_parameters():
-            # find_unused_parameters: on a multimodal stream a step uses one modality's input projection
-            # (and a method's own subset of prompts); the others get no gradient in that step
-            self.method._train_module = torch.nn.parallel.DistributedDataParallel(
-                self.method.model, find_unused_parameters=True)
-        self.rows = {name: [] for name in MATRICES[cfg["setting"]]}
+        self.method = build_method(self.stream, cfg, setting)
+        self.method.distribute()
+        self.evaluator = setting.evaluator()
+        self.rows = {name: [] for name in setting.matrices}
         self.baseline: dict[str, list] | None = None
         self.pos = Position()
         self.opt_state = None
@@ -195,6 +154,9 @@ class Engine:
         self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
         if state is not None:
             self.events.log("resume", position=vars(self.pos))
+        else:
+            for name, info in self.stages.items():
+                self.events.log("stage", name=name, **info)
 
     def _checkpoint(self, opt) -> None:
         self.run_dir.save_checkpoint({
@@ -232,9 +194,7 @@ class Engine:
         cfg, method, exp = self.cfg, self.method, self.stream[i]
         tcfg = cfg["train"]
         mid = self.pos.exp == i and (self.pos.epoch, self.pos.step) != (0, 0)
-        method.experience = exp
-        if not mid:  # resuming mid-experience: before_experience already ran; its effects are in the state
-            method.before_experience(exp)
+        method.begin_experience(exp, resumed=mid)  # mid-experience: before_experience already ran
         data = method.training_data(exp)
         fresh = tcfg["reset_optimizer"] and not mid
         if fresh or self.opt is None:
@@ -249,7 +209,7 @@ class Engine:
                    desc=f"exp {i + 1}/{len(self.stream)} {exp.name}", disable=None if self.progress else True)
         t0 = time.perf_counter()
         for epoch in range(self.pos.epoch, tcfg["epochs"] if steps else 0):
-            g = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + i * 1_009 + epoch)
+            g = seeds.generator(cfg["seed"], "batch_order", i, epoch)
             order = torch.randperm(len(data), generator=g)
             for s in range(self.pos.step if epoch == self.pos.epoch else 0, steps):
                 batch = dist.shard(data.take(order[s * bs:(s + 1) * bs]))
@@ -297,13 +257,13 @@ class Engine:
         row = None
         if dist.is_main():
             t0 = time.perf_counter()
-            row = evaluator(self.cfg["setting"])(self.method, self.stream, after, self.cfg, self.progress)
+            result = self.evaluator(self.method, self.stream, after, self.progress)
+            row = result.rows
             dt = time.perf_counter() - t0
             self.timing["eval_s"] += dt
-            predictions = row.pop("predictions", None)  # scenario setting: every answer, kept for the last row
-            if predictions is not None and after == len(self.stream) - 1 and self.cfg["eval"]["predictions"]:
+            if result.predictions is not None and after == len(self.stream) - 1 and self.cfg["eval"].get("predictions"):
                 atomic_write_text(self.run_dir.path / "predictions.jsonl",
-                                  "".join(json.dumps(r) + "\n" for r in predictions))
+                                  "".join(json.dumps(r) + "\n" for r in result.predictions))
             self.events.log("eval", after=after, eval_s=round(dt, 4), **row)
         return dist.broadcast_object(row)
 
@@ -314,7 +274,7 @@ class Engine:
         timing["samples_per_s"] = round(self.timing["train_samples"] / self.timing["train_s"], 1) \
             if self.timing["train_samples"] and self.timing["train_s"] > 0 else None
         metrics = {
-            "setting": cfg["setting"],
+            "setting": self.setting.name,
             "benchmark": cfg["benchmark"]["name"],
             "method": cfg["method"]["name"],
             "seed": cfg["seed"],
@@ -325,11 +285,9 @@ class Engine:
             "summary": {name: summarize(A, self.baseline[name]) for name, A in self.rows.items()},
             "timing": timing,
             "stream_info": stream.info,
+            "stages": self.stages,
+            **self.setting.extra_metrics(self.rows, stream),
         }
-        if cfg["setting"] == "scenario":
-            from mmcl.scenario.evaluation import last_row_by_scenario
-
-            metrics["last_by_scenario"] = last_row_by_scenario(self.rows, stream)
         self.run_dir.write_metrics(metrics, [e.name for e in stream])
         self.events.log("run_end", **timing)
         self.events.close()

@@ -13,10 +13,9 @@ A sweep spec (YAML; bundled ones live in `mmcl/configs/sweeps/`) names the runs:
       main: [finetune, comm]
       ablation: [comm, comm -realign]
 
-Tuning (the same budget for every method): a method class may declare
-`search_space = {"<hparam>": [v1, v2, v3]}`, or, where the candidates differ between settings,
-`search_spaces = {"modality": {...}, "scenario": {...}}` (a setting it leaves out falls back to
-`search_space`). For each run whose method has one, every candidate
+Tuning (the same budget for every method): a method class may declare candidates per setting,
+`search_space = {"<setting>": {"<hparam>": [v1, v2, v3]}}`. For each run whose method has some
+for the run's setting, every candidate
 is run once with `eval.split=validation` (a seeded per-class hold-out of the *training* data;
 the test split is never read) at the first seed, and the value with the best score (mean of
 `last_acc` over both protocols) is used for all seeds. `tune_as: NAME` reuses the choice of
@@ -138,11 +137,8 @@ def search_space(config: str, overrides: list[str]) -> dict[str, list]:
 
 
 def method_search_space(cls, setting: str) -> dict[str, list]:
-    """`cls.search_spaces[setting]` if the method declares one for the setting, else `cls.search_space`."""
-    spaces = getattr(cls, "search_spaces", None) or {}
-    if setting in spaces:
-        return dict(spaces[setting] or {})
-    return dict(getattr(cls, "search_space", {}) or {})
+    """The candidates the method declares for `setting` (`Method.search_space[setting]`; none: {})."""
+    return dict(cls.search_space.get(setting) or {})
 
 
 def _fmt_value(v) -> str:

@@ -19,7 +19,8 @@ import yaml
 from PIL import Image
 
 from mmcl.config import BASE, ConfigError, deep_merge, load_config, validate
-from mmcl.data import DataError, build_stream
+from mmcl.data import DataError
+from mmcl.settings import build_stream
 from mmcl.data import mm5 as mm5_data
 from mmcl.data.user import layouts, readers
 from mmcl.data.user.layouts import plain_name

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from mmcl.config import ConfigError, load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.data import mm5 as mm5_data
 from mmcl.models import hf
 from tests.data.test_user_data import cfg_for, clip, depth_npy, png, tone

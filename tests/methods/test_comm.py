@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from mmcl.methods.comm import pooled_tokens
 from mmcl.stream import MODALITIES, TensorSet

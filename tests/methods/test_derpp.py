@@ -1,7 +1,7 @@
 """derpp: a reservoir memory of inputs, labels and stored logits, replayed with two extra terms."""
 import torch
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from mmcl.methods.derpp import LogitReservoir
 from tests.conftest import tiny_cfg

@@ -1,32 +1,9 @@
-"""er: a class-balanced fixed-size memory, replayed with every batch."""
+"""er: a fixed-size memory (class-balanced, or per step), replayed with every batch."""
 import torch
 
-from mmcl.buffers import ReplayBuffer
 from mmcl.engine import build_method, run
-from mmcl.data import build_stream
-from mmcl.stream import TensorSet
+from mmcl.settings import build_stream
 from tests.conftest import tiny_cfg
-
-
-def _set(classes, per_class, offset=0):
-    y = torch.tensor([c for c in classes for _ in range(per_class)])
-    return TensorSet({"x": torch.arange(len(y)).float()[:, None] + offset, "y": y})
-
-
-def test_buffer_is_class_balanced_and_fixed_size():
-    g = torch.Generator().manual_seed(0)
-    buf = ReplayBuffer(10)
-    buf.update(_set([0, 1], 50), g)
-    assert len(buf) == 10 and torch.bincount(buf.data["y"]).tolist() == [5, 5]
-    kept_0 = buf.data["x"][buf.data["y"] == 0][:3].clone()
-    buf.update(_set([2, 3], 50, offset=1000), g)
-    assert len(buf) == 10 and torch.bincount(buf.data["y"]).tolist() == [3, 3, 2, 2]
-    # old classes shrink by dropping samples, never by replacing them
-    assert torch.equal(buf.data["x"][buf.data["y"] == 0], kept_0)
-    assert (buf.data["x"][buf.data["y"] >= 2] >= 1000).all()
-    empty = ReplayBuffer(0)
-    empty.update(_set([0], 5), g)
-    assert len(empty) == 0
 
 
 def test_buffer_is_reproducible_from_the_seed():
@@ -36,7 +13,7 @@ def test_buffer_is_reproducible_from_the_seed():
     for m in (a, b):
         m.after_experience(stream[0])
         m.after_experience(stream[1])
-    assert torch.equal(a.buffer.data["x"], b.buffer.data["x"])
+    assert torch.equal(a.memory.data["x"], b.memory.data["x"])
 
 
 def test_replay_is_part_of_the_loss():

@@ -4,7 +4,7 @@ import io
 import torch
 import torch.nn.functional as F
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from tests.conftest import tiny_cfg
 

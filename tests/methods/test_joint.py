@@ -1,7 +1,7 @@
 """joint: trains on the union of everything seen so far (upper reference)."""
 import torch
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from tests.conftest import tiny_cfg
 

@@ -4,7 +4,7 @@ import io
 import pytest
 import torch
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from tests.conftest import run_experience, tiny_token_cfg, train_steps
 

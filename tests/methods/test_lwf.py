@@ -4,7 +4,7 @@ import io
 import torch
 import torch.nn.functional as F
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from tests.conftest import tiny_cfg
 
@@ -67,17 +67,17 @@ def test_teacher_is_the_frozen_model_of_the_end_of_the_previous_experience():
     assert m.teacher is not m.model and not any(p.requires_grad for p in m.teacher.parameters())
     teacher_params = {id(p) for p in m.teacher.parameters()}
     assert not teacher_params & {id(p) for p in m.trainable_parameters()}
-    assert torch.equal(m.teacher_logits(batch), at_end)
+    assert torch.equal(m.teacher_outputs(batch), at_end)
     _train(m, stream[1])
     # the student moved, the teacher did not
     assert not torch.allclose(_logits(m, batch, n_old), at_end, atol=1e-2)
-    assert torch.equal(m.teacher_logits(batch), at_end)
+    assert torch.equal(m.teacher_outputs(batch), at_end)
     # the next experience distils from the model of the end of experience 2, over its classes
     at_end_2 = _logits(m, batch, stream.seen_after(1))
     m.experience = stream[2]
     m.before_experience(stream[2])
     assert m.num_old == stream.seen_after(1)
-    assert torch.equal(m.teacher_logits(batch), at_end_2)
+    assert torch.equal(m.teacher_outputs(batch), at_end_2)
 
 
 def test_distillation_term_is_active_and_changes_the_gradient():
@@ -95,7 +95,7 @@ def test_distillation_term_is_active_and_changes_the_gradient():
     # the term is KL(teacher || student) over the old classes at temperature T, weighted alpha * T^2
     T, k = 2.0, m.num_old
     with torch.no_grad():
-        p_t = F.softmax(m.teacher_logits(batch) / T, 1)
+        p_t = F.softmax(m.teacher_outputs(batch) / T, 1)
         log_s = F.log_softmax(_logits(m, batch, m.num_seen)[:, :k] / T, 1)
         kl = (p_t * (p_t.log() - log_s)).sum(1).mean()
     assert torch.allclose(terms["kd"], kl, atol=1e-6)
@@ -125,7 +125,7 @@ def test_extra_state_round_trips_mid_experience():
     fresh.experience = stream[1]
     batch = stream[1].train.take(torch.arange(16))
     assert fresh.num_old == a.num_old
-    assert torch.equal(fresh.teacher_logits(batch), a.teacher_logits(batch))
+    assert torch.equal(fresh.teacher_outputs(batch), a.teacher_outputs(batch))
     assert torch.equal(fresh.training_loss(batch), a.training_loss(batch))
     assert torch.equal(_grads(fresh, batch), _grads(a, batch))
     # a state without a teacher (first experience) round-trips too

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, make_optimizer, run
 from mmcl.stream import TensorSet
 from tests.conftest import tiny_cfg, tiny_token_cfg

@@ -1,7 +1,7 @@
 """zeroshot: nothing is trained; the model is scored exactly as built."""
 import torch
 
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import build_method, run, seed_everything
 from tests.conftest import tiny_cfg
 

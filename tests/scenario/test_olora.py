@@ -8,7 +8,7 @@ import torch
 
 from mmcl import cli
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.olora import OLoRA
 from tests.conftest import metrics_without_timing, run_experience, train_steps, write_cfg

@@ -8,7 +8,7 @@ import torch
 
 from mmcl import cli
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.quad import BLOCKS, Quad, attention_blocks
 from tests.conftest import metrics_without_timing, write_cfg
@@ -26,9 +26,9 @@ def test_memory_holds_questions_only_within_budget():
     m = build_method(stream, cfg)
     train_step(m, stream[0])
     train_step(m, stream[1])
-    assert list(m.memory) == [stream[0].name, stream[1].name]
+    assert list(m.memory.groups) == [stream[0].name, stream[1].name]
     qs, gs = m.stored_questions()
-    assert len(qs) == 12 and all(len(x["questions"]) == 6 for x in m.memory.values())
+    assert len(qs) == 12 and all(len(x["questions"]) == 6 for x in m.memory.groups.values())
     assert all(isinstance(q, str) for q in qs) and set(qs) <= set(stream[0].train.questions + stream[1].train.questions)
 
     def tensors(x):
@@ -41,8 +41,9 @@ def test_memory_holds_questions_only_within_budget():
             for v in x:
                 yield from tensors(v)
 
-    assert not list(tensors(m.memory))  # no images, no tensors at all: text and flags
-    assert "answers" not in next(iter(m.memory.values()))
+    stored = m.extra_state()["memory"]
+    assert all(t.dim() == 1 and t.dtype == torch.bool for t in tensors(stored))  # no images: text and flags
+    assert all(set(cols) == {"questions", "grounding"} for cols in m.memory.groups.values())  # no answers
     # replay pairs use the current step's images
     assert m.replay is not None and len(m.replay["questions"]) == 12  # step 1 alone filled the memory at step 2
     assert set(m.replay["image_index"].tolist()) <= set(stream[1].train.image_index.tolist())

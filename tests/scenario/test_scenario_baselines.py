@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.er import ER
 from mmcl.methods.ewc import EWC
@@ -60,17 +60,19 @@ def test_er_stores_samples_within_budget_and_replays_them():
     stream, m, ft = pair({"name": "er", "buffer_size": 6, "replay_batch_size": 4})
     assert m.hp.replay_batch_size == 4 and build_method(stream, cfg_for({"name": "er"})).hp.replay_batch_size == 8
     batch = next(stream[0].train.batches(8))
-    assert m.with_replay(batch) is batch  # first step: nothing stored, plain fine-tuning
+    m.begin_experience(stream[0])
+    ft.begin_experience(stream[0])
+    assert len(m.memory) == 0 and torch.equal(m.training_loss(batch), ft.training_loss(batch))  # plain fine-tuning
     train_step(m, stream[0])
-    mem = m.memory[stream[0].name]
+    mem = m.memory.groups[stream[0].name]
     assert len(mem["questions"]) == 6 and mem["images"].dtype == torch.uint8 and mem["images"].shape[0] == 6
     assert set(mem["questions"]) <= set(stream[0].train.questions) and len(mem["grounding"]) == 6
     copy_weights(m, ft)
-    m.experience = ft.experience = stream[1]
-    m.before_experience(stream[1])
+    m.begin_experience(stream[1])
+    ft.begin_experience(stream[1])
     batch = next(stream[1].train.batches(8))
     rng = m.rng.get_state()
-    joint = m.with_replay(batch)
+    joint = m.setting.join(batch, m.memory.sample(4, m.rng))
     assert len(joint["questions"]) == 12 and joint["images"].shape[0] == 12
     assert set(joint["questions"][8:]) <= set(mem["questions"])
     m.rng.set_state(rng)
@@ -81,8 +83,8 @@ def test_er_stores_samples_within_budget_and_replays_them():
     grads = [(p.grad, q.grad) for p, q in zip(m.trainable_parameters(), ft.trainable_parameters())]
     assert any(not torch.allclose(a, b) for a, b in grads if a is not None)  # replay changes the update
     m.after_experience(stream[1])
-    assert [len(x["questions"]) for x in m.memory.values()] == [3, 3]  # budget split over the steps
-    assert m.memory[stream[0].name]["questions"] == mem["questions"][:3]
+    assert [len(x["questions"]) for x in m.memory.groups.values()] == [3, 3]  # budget split over the steps
+    assert m.memory.groups[stream[0].name]["questions"] == mem["questions"][:3]
 
 
 def test_er_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -130,6 +132,7 @@ def answer_kl(m, teacher, batch) -> float:
 def test_lwf_distils_the_previous_model_on_answer_tokens():
     stream, m, ft = pair({"name": "lwf", "alpha": 100.0})
     batch = next(stream[0].train.batches(8))
+    m.begin_experience(stream[0])
     assert set(m.loss_terms(batch)) == {"ce"}  # first step: no teacher
     train_step(m, stream[0])
     copy_weights(m, ft)
@@ -161,7 +164,7 @@ def test_bundled_configs_and_scenario_search_spaces():
         cfg = load_config(f"msvqa-mini-{name}")
         assert cfg["method"]["name"] == name
         assert all(cfg[k] == ft[k] for k in ("setting", "benchmark", "train", "vlm", "base", "eval", "stream"))
-    assert search_space("msvqa-mini-ewc", []) == {"ewc_lambda": EWC.search_spaces["scenario"]["ewc_lambda"]}
+    assert search_space("msvqa-mini-ewc", []) == {"ewc_lambda": EWC.search_space["scenario"]["ewc_lambda"]}
     assert search_space("msvqa-mini-lwf", []) == {"alpha": [0.1, 1.0, 10.0]}
     assert search_space("mm5-ewc", []) == {"ewc_lambda": [1e4, 1e5, 1e6]}  # modality: unchanged
     assert search_space("mm5-lwf", []) == {"alpha": [0.5, 1.0, 2.0]}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmcl import cli
 from mmcl.config import BASE, ConfigError, deep_merge, load_config, validate
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.data.msvqa import STREAM_SCENARIOS
 from mmcl.engine import Interrupted, run
 from mmcl.methods.finetune import Finetune
@@ -43,8 +43,7 @@ def scenario_cfg(method: str = "finetune", /, **sections) -> dict:
 
 def train_step(m, exp, lr: float = 3e-3, batch_size: int = 8) -> None:
     """What the engine does for one experience: one epoch in stored order, a fresh Adam."""
-    m.experience = exp
-    m.before_experience(exp)
+    m.begin_experience(exp)
     opt = torch.optim.Adam(m.param_groups(), lr=lr)
     for batch in exp.train.batches(batch_size):
         loss = m.training_loss(batch)
@@ -85,8 +84,9 @@ def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):
         assert (out / f"matrix_{name}.csv").is_file() and (out / f"matrix_{name}.png").is_file()
     assert m["stream_info"]["order"] == list(STREAM_SCENARIOS)
     assert m["last_by_scenario"]["vqa"]["indoor"] == m["matrices"]["vqa"][-1][3]
-    assert m["stream_info"]["base_model"]["questions"] == 15  # trained on the ground scenario, cached
-    assert Path(m["stream_info"]["base_model"]["path"]).is_file()
+    assert m["stages"]["base_model"]["questions"] == 15  # trained on the ground scenario, cached: a recorded stage
+    assert Path(m["stages"]["base_model"]["path"]).is_file()
+    assert "base_model" not in m["stream_info"]
     preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 60 and {"step", "question", "answer", "prediction"} <= set(preds[0])
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
@@ -193,7 +193,7 @@ def test_llava_json_benchmark_runs_a_user_stream(tmp_path):
 def test_validation_split_holds_out_training_images_never_the_test_split():
     """eval.split=validation: every step scores on a seeded 20% of its training images (all their
     questions), removed from training; no test-split question is read."""
-    from mmcl.data import build_stream
+    from mmcl.settings import build_stream
 
     cfg = scenario_cfg(eval={"split": "validation", "val_fraction": 0.4})
     full, val = build_stream(scenario_cfg()), build_stream(cfg)
@@ -234,11 +234,14 @@ def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path,
     on_cfg = {**cfg, "base": {**cfg["base"], "region_weight": 1.0}}
     on = base_model.base_key(on_cfg, stream)
     assert on["base"]["region_weight"] == 1.0 and on["pretrain_boxes_sha256"]
-    named = base_model.build_scenario_model(stream, on_cfg)
-    info = stream.info["base_model"]
+    from mmcl.settings import make_setting
+
+    on_setting = make_setting(on_cfg)
+    info = on_setting.prepare(stream)["base_model"]  # the stage, as the engine runs and records it
+    named = on_setting.build_model(stream)
     assert 0 < info["labelled_cells"] < 1 and len(info["region_losses"]) == 8
     assert info["region_losses"][-1] < info["region_losses"][0]  # the model learns to name the regions
-    plain = base_model.build_scenario_model(stream, cfg)  # same data and start, answers only
+    plain = make_setting(cfg).build_model(stream)  # same data and start, answers only
     data = stream.pretrain.take(torch.arange(len(stream.pretrain)))
     cells = named.region_targets(stream.pretrain.boxes)
     with torch.no_grad():  # the loss was trained: the weighted model names the regions far better

@@ -8,7 +8,7 @@ import torch
 
 from mmcl import cli
 from mmcl.config import load_config
-from mmcl.data import build_stream
+from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.unifier import Unifier
 from tests.conftest import metrics_without_timing, write_cfg

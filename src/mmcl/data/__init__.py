@@ -1,56 +1,22 @@
-"""Benchmarks: each turns a config into a `Stream` of decoded, cached, validated tensors.
-
-A benchmark is registered with its parameters (a dataclass: every `benchmark.<key>` a
-config may set) and a builder `build(params, cfg) -> Stream`.
+"""Benchmarks: each turns its parameters and a `BuildContext` into a `Stream` of decoded, cached,
+validated tensors (see `mmcl.data.registry`). Importing this package registers the built-in ones.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
-from mmcl.config import ConfigError
+from mmcl.data.registry import BENCHMARKS, BuildContext, benchmark_params, build_benchmark, class_order, register_benchmark
+from mmcl.errors import DataError
+from mmcl.seeds import generator
 from mmcl.stream import Stream
 
-BENCHMARKS: dict[str, tuple[type, Callable]] = {}
 
-
-class DataError(ConfigError):
-    """Input files that cannot be used, found before any training: `lines` holds one `<path>: <reason>`
-    per file. The engine writes them to the run directory's data_errors.txt; the CLI exits with 2."""
-
-    SHOWN = 20
-
-    def __init__(self, lines: list[str]):
-        self.lines = list(lines)
-        n = len(self.lines)
-        head = (f"{n} data file{'s' if n != 1 else ''} cannot be used (data.on_error=fail stops before training; "
-                f"data.on_error=skip leaves them out):")
-        more = [f"... and {n - self.SHOWN} more"] if n > self.SHOWN else []
-        super().__init__("\n".join([head] + [f"  {ln}" for ln in self.lines[: self.SHOWN]] + more))
-
-    def report(self) -> str:
-        return "".join(f"{ln}\n" for ln in self.lines)
-
-
-def register_benchmark(name: str, params: type):
-    def deco(fn):
-        BENCHMARKS[name] = (params, fn)
-        return fn
-    return deco
-
-
-def benchmark_params(name: str) -> type:
-    return BENCHMARKS[name][0]
-
-
-def build_stream(cfg: dict) -> Stream:
-    b = dict(cfg["benchmark"])
-    name = b.pop("name")
-    params_cls, build = BENCHMARKS[name]
-    fields = {f.name for f in dataclasses.fields(params_cls)}
-    stream = build(params_cls(**{k: v for k, v in b.items() if k in fields}), cfg)
-    if cfg["eval"].get("split") == "validation":
-        stream = validation_stream(stream, cfg["eval"]["val_fraction"], cfg["seed"])
+def build_stream(benchmark: dict, ctx: BuildContext, split: str = "test", val_fraction: float = 0.2) -> Stream:
+    """The stream of a `benchmark` config section; `split="validation"` swaps every test split for held-out
+    training data (`validation_stream`)."""
+    stream = build_benchmark(benchmark, ctx)
+    if split == "validation":
+        stream = validation_stream(stream, val_fraction, ctx.seed)
     return stream
 
 
@@ -69,7 +35,7 @@ def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
 
     if not 0 < fraction < 1:
         raise ValueError(f"eval.val_fraction must be in (0, 1), got {fraction}")
-    g = torch.Generator().manual_seed(int(seed) + 104729)
+    g = generator(seed, "validation")
     exps = []
     for e in stream:
         if isinstance(e.train, SampleSet):
@@ -97,17 +63,9 @@ def validation_stream(stream: Stream, fraction: float, seed: int) -> Stream:
     return dataclasses.replace(stream, experiences=exps, info=info)
 
 
-def class_order(n: int, cfg: dict) -> list[int]:
-    """The order in which a benchmark's classes enter the stream: fixed, or a seeded permutation."""
-    import numpy as np
-
-    if cfg["stream"]["order"] == "fixed":
-        return list(range(n))
-    seed = cfg["stream"]["order_seed"]
-    seed = cfg["seed"] if seed is None else seed
-    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
-
-
 # built-in benchmarks register themselves on import
 from mmcl.data import animals, mm5, synthetic, user  # noqa: E402,F401
 from mmcl.data.msvqa import benchmark as _msvqa_benchmarks  # noqa: E402,F401  (scenario setting)
+
+__all__ = ["BENCHMARKS", "BuildContext", "DataError", "benchmark_params", "build_benchmark", "build_stream",
+           "class_order", "register_benchmark", "validation_stream"]

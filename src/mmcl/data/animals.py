@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcl.config import ConfigError, cache_dir
-from mmcl.data import class_order, register_benchmark
+from mmcl.errors import ConfigError
+from mmcl.paths import cache_dir
+from mmcl.data.registry import BuildContext, class_order, register_benchmark
 from mmcl.data.anchors import text_anchors
 from mmcl.data.cache import cached_tensors, digest
 from mmcl.stream import Experience, Stream, TensorSet
@@ -83,34 +84,34 @@ def split_indices(y: np.ndarray, train_per_class: int, test_per_class: int, seed
     return train, test
 
 
-def encode_images(images: np.ndarray, size: int, cfg: dict) -> dict[str, torch.Tensor]:
+def encode_images(images: np.ndarray, size: int, progress: bool = False) -> dict[str, torch.Tensor]:
     """Cached EfficientNet-Lite0 features + zero-shot text embeddings for `images`."""
     from mmcl.models import encoders as enc
 
     key = digest(images, enc.EFFNET_ID, size, enc.MINILM_ID, "zs-v1")
-    path = cache_dir(cfg) / "features" / f"animals-{key}.safetensors"
+    path = cache_dir() / "features" / f"animals-{key}.safetensors"
 
     def compute():
-        feats, logits = enc.images_to_features(images, size, progress=bool(cfg["logging"]["progress"]))
+        feats, logits = enc.images_to_features(images, size, progress=progress)
         return {"x": feats, "zs": enc.zero_shot_text_embedding(logits, enc.imagenet_name_embeddings())}
 
     return cached_tensors(path, compute)
 
 
 @register_benchmark("animals", AnimalsParams)
-def build(p: AnimalsParams, cfg: dict) -> Stream:
+def build(p: AnimalsParams, ctx: BuildContext) -> Stream:
     if p.classes_per_experience < 1 or len(CLASS_NAMES) % p.classes_per_experience:
         raise ConfigError(f"benchmark.classes_per_experience must divide 10, got {p.classes_per_experience}")
     x, y = load_animal_mnist()
     train_idx, test_idx = split_indices(y, p.train_per_class, p.test_per_class, p.split_seed)
-    order = class_order(len(CLASS_NAMES), cfg)  # order[k] = original label of stream class k
+    order = class_order(len(CLASS_NAMES), ctx)  # order[k] = original label of stream class k
     # encode in label order, so every class order (stream.order=random) shares one cache entry
     sel = np.concatenate([np.concatenate([train_idx[c], test_idx[c]]) for c in range(len(CLASS_NAMES))])
-    feats = encode_images(x[sel], p.image_size, cfg)
+    feats = encode_images(x[sel], p.image_size, ctx.progress)
     # rows of `feats` follow `sel`; find each class's train/test rows in it
     pos = {int(i): r for r, i in enumerate(sel)}
     names = [CLASS_NAMES[c] for c in order]
-    anchors = text_anchors(names, cfg["model"]["anchor_template"], cfg)
+    anchors = text_anchors(names, ctx.anchor_template)
 
     def tensor_set(k: int, idx: np.ndarray) -> dict[str, torch.Tensor]:
         rows = torch.tensor([pos[int(i)] for i in idx])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmcl.data import register_benchmark
+from mmcl.data.registry import BuildContext, register_benchmark
 from mmcl.stream import MODALITIES, Experience, Stream, TensorSet
 
 
@@ -37,7 +37,7 @@ class SyntheticParams:
 
 
 @register_benchmark("synthetic", SyntheticParams)
-def build(p: SyntheticParams, cfg: dict) -> Stream:
+def build(p: SyntheticParams, ctx: BuildContext) -> Stream:
     rng = np.random.default_rng(p.data_seed)
     n_cls = p.num_experiences * p.classes_per_experience
     means = rng.normal(size=(n_cls, p.dim)) * p.separation / np.sqrt(p.dim) * 2

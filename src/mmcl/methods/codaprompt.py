@@ -70,15 +70,15 @@ class CodaPrompt(PromptPoolMethod):
         train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the prompt length: how many tokens the assembled prompt adds in front of <= 8 input tokens
-    search_space = {"length": [4, 8, 16]}
+    search_space = {"modality": {"length": [4, 8, 16]}}
 
-    def __init__(self, stream, cfg, hp):
+    def __init__(self, stream, cfg, hp, setting=None):
         per = hp.pool_size // len(stream) if hp.pool_size > 0 else 0
         if per < 1 or hp.length < 1 or hp.ortho_mu < 0:
             raise ValueError(f"codaprompt needs pool_size >= the number of experiences ({len(stream)}), length >= 1 "
                              f"and ortho_mu >= 0, got {hp.pool_size}, {hp.length}, {hp.ortho_mu}")
         self.per_exp = per
-        super().__init__(stream, cfg, hp)
+        super().__init__(stream, cfg, hp, setting)
         if hp.pool_size > self.width:
             raise ValueError(f"codaprompt pool_size must be <= the transformer width {self.width} (orthogonal keys)")
         self.num_trained = 0  # experiences finished: their components are frozen

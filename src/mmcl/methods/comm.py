@@ -160,9 +160,9 @@ class COMM(Method):
         realign_per_class: int = 256  # draws per class when re-aligning the head
         realign_epochs: int = 5  # epochs of the head's re-alignment
 
-    search_space = {"shift_weight": [0.1, 1.0, 10.0]}
+    search_space = {"modality": {"shift_weight": [0.1, 1.0, 10.0]}}
 
-    def __init__(self, stream, cfg, hp):
+    def __init__(self, stream, cfg, hp, setting=None):
         if "tokens" not in stream.feature_keys:
             raise ValueError("comm needs a token benchmark (the prompted model), e.g. mm5")
         if cfg["model"]["prompt_length"] < 1:
@@ -170,7 +170,7 @@ class COMM(Method):
         if not 0 <= hp.merge <= 1 or not 0 <= hp.blend <= 1 or hp.shift_weight < 0:
             raise ValueError(f"comm needs 0 <= merge, blend <= 1 and shift_weight >= 0, got "
                              f"{hp.merge}, {hp.blend}, {hp.shift_weight}")
-        super().__init__(stream, cfg, hp)
+        super().__init__(stream, cfg, hp, setting)
         self._attach(self.model)
         self.teacher: nn.Module | None = None  # frozen model of the end of the previous experience
         self.teacher_state: dict | None = None  # its trainable state (what is checkpointed)
@@ -190,17 +190,6 @@ class COMM(Method):
         nn.init.zeros_(rel[2].weight)
         nn.init.zeros_(rel[2].bias)  # untrained R: uniform relevance
         model.comm_relevance = rel.requires_grad_(False)  # trained only in after_experience, by its own loss
-
-    def _build_copy(self, state: dict) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):  # building it must not move the global generator
-            m = self.build_model(self.stream, self.cfg)
-            self._attach(m)
-        missing, unexpected = m.load_state_dict(state, strict=False)
-        frozen = getattr(m, "FROZEN", ())
-        bad = [k for k in missing if not k.startswith(frozen)] + list(unexpected)
-        if bad:
-            raise ValueError(f"comm previous-model state does not match the model: {bad[:3]}")
-        return m.eval().requires_grad_(False)
 
     # -- modalities ---------------------------------------------------------------------
     def seen_modalities(self, upto: int | None = None) -> list[int]:
@@ -271,11 +260,11 @@ class COMM(Method):
         if self._returning(exp):  # starts from its earlier prompts (the same parameters); keep them for the merge
             self.prev_prompt = self.model.comm_prompts[MODALITIES.index(exp.modality)].detach().clone()
         if exp.index > 0:
-            self._set_teacher({k: v.detach().clone() for k, v in self.model_state().items()})
+            self._set_teacher(self.snapshot())
 
     def _set_teacher(self, state: dict | None) -> None:
         self.teacher_state = state
-        self.teacher = None if state is None else self._build_copy(state)
+        self.teacher = self.frozen_teacher(state)
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Unweighted terms: 'ce' and, with a previous model (self_reg, 2nd experience on), 'shift'."""

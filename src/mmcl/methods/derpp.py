@@ -111,7 +111,7 @@ class LogitReservoir:
 @register("derpp")
 class DERpp(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
-    search_space = {"alpha": [0.1, 0.3, 1.0]}
+    search_space = {"modality": {"alpha": [0.1, 0.3, 1.0]}}
 
     @dataclass
     class Hparams:
@@ -120,8 +120,8 @@ class DERpp(Method):
         beta: float = 0.5  # weight of the label (CE) term on a second memory batch
         replay_batch_size: int = 0  # samples per memory batch (each of the two); 0 = the training batch size
 
-    def __init__(self, stream, cfg, hp):
-        super().__init__(stream, cfg, hp)
+    def __init__(self, stream, cfg, hp, setting=None):
+        super().__init__(stream, cfg, hp, setting)
         self.memory = LogitReservoir(hp.buffer_size, len(stream.class_names))
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

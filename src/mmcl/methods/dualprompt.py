@@ -75,13 +75,13 @@ class DualPrompt(PromptPoolMethod):
         train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the expert-prompt length: how strongly the chosen expert steers the single frozen block
-    search_space = {"e_length": [2, 4, 8]}
+    search_space = {"modality": {"e_length": [2, 4, 8]}}
 
-    def __init__(self, stream, cfg, hp):
+    def __init__(self, stream, cfg, hp, setting=None):
         if hp.g_length < 0 or hp.e_length < 1 or hp.pull_coeff < 0:
             raise ValueError("dualprompt needs g_length >= 0, e_length >= 1 and pull_coeff >= 0, got "
                              f"{hp.g_length}, {hp.e_length}, {hp.pull_coeff}")
-        super().__init__(stream, cfg, hp)
+        super().__init__(stream, cfg, hp, setting)
         self.num_trained = 0  # experiences finished: their E-prompts and keys are frozen
         self.frozen_e = self.pool.e.detach().clone()
         self.frozen_keys = self.pool.keys.detach().clone()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from mmcl.methods.base import Method, register
+from mmcl.seeds import generator
 from mmcl.stream import Experience, TensorSet
 
 BUDGETS = ("union", "step")
@@ -40,5 +41,5 @@ class Joint(Method):
         union = data.cat([e.train for e in self.stream.experiences[: exp.index + 1]])
         if self.hp.budget == "union" or len(union) <= len(exp.train):
             return union
-        g = torch.Generator().manual_seed(int(self.cfg["seed"]) * 1_000_003 + 7_331 * (exp.index + 1))
+        g = generator(self.cfg["seed"], "joint_budget", exp.index)
         return union.subset(torch.randperm(len(union), generator=g)[: len(exp.train)])

@@ -70,13 +70,13 @@ class L2P(PromptPoolMethod):
         train_mask: bool = True  # CE over the current experience's classes only (released code; see `prompting`)
 
     #: the prompt length: how many tokens the selected prompts add in front of <= 8 input tokens
-    search_space = {"length": [1, 2, 4]}
+    search_space = {"modality": {"length": [1, 2, 4]}}
 
-    def __init__(self, stream, cfg, hp):
+    def __init__(self, stream, cfg, hp, setting=None):
         if hp.pool_size < 1 or hp.length < 1 or not 1 <= hp.top_n <= hp.pool_size or hp.pull_coeff < 0:
             raise ValueError("l2p needs pool_size >= 1, length >= 1, 1 <= top_n <= pool_size and pull_coeff >= 0, got "
                              f"{hp.pool_size}, {hp.length}, {hp.top_n}, {hp.pull_coeff}")
-        super().__init__(stream, cfg, hp)
+        super().__init__(stream, cfg, hp, setting)
         self.freq = torch.zeros(hp.pool_size)  # selections per prompt in finished experiences
 
     def build_pool(self):

@@ -52,12 +52,7 @@ from dataclasses import dataclass
 import torch
 
 from mmcl.methods.base import Method, register
-
-
-@dataclass
-class OLoRAHparams:
-    lambda_1: float = 0.5  # weight of the orthogonality term sum |A_i A_t^T| (previous adapters i, current t)
-    lambda_2: float = 0.0  # weight of the L2 term on the current adapter (sum of ||A_t||_2 + ||B_t||_2)
+from mmcl.seeds import derive_seed
 
 
 def adapter_name(k: int) -> str:
@@ -69,13 +64,17 @@ def adapter_name(k: int) -> str:
 class OLoRA(Method):
     settings = ("scenario",)
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
-    search_space = {"lambda_1": [0.05, 0.5, 5.0]}
-    Hparams = OLoRAHparams
+    search_space = {"scenario": {"lambda_1": [0.05, 0.5, 5.0]}}
 
-    def __init__(self, stream, cfg, hp: OLoRAHparams):
-        super().__init__(stream, cfg, hp)
+    @dataclass
+    class Hparams:
+        lambda_1: float = 0.5  # weight of the orthogonality term sum |A_i A_t^T| (previous adapters i, current t)
+        lambda_2: float = 0.0  # weight of the L2 term on the current adapter (sum of ||A_t||_2 + ||B_t||_2)
+
+    def __init__(self, stream, cfg, hp, setting=None):
         if hp.lambda_1 < 0 or hp.lambda_2 < 0:
             raise ValueError(f"olora needs lambda_1 >= 0 and lambda_2 >= 0, got {hp.lambda_1}, {hp.lambda_2}")
+        super().__init__(stream, cfg, hp, setting)
         if self.model.params.lm_train != "lora":
             raise ValueError(f"olora needs vlm.lm_train=lora, got {self.model.params.lm_train!r}")
         if not cfg["train"]["reset_optimizer"]:
@@ -103,7 +102,7 @@ class OLoRA(Method):
         with torch.random.fork_rng(), warnings.catch_warnings():
             # peft warns that the model already has an adapter: several adapters is the point here
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            torch.manual_seed(int(self.cfg["seed"]) * 1009 + k)
+            torch.manual_seed(derive_seed(self.cfg["seed"], "module", k))
             inject_adapter_in_model(cfg, self.model.language_model, adapter_name=adapter_name(k))
         self.num_adapters = k + 1
         return k
@@ -172,13 +171,11 @@ class OLoRA(Method):
     def extra_state(self):
         return {"num_adapters": self.num_adapters, "current": self.current}
 
-    def load_state_dict(self, state):
-        extra = state["extra"]
+    def restore_structure(self, extra):
         while self.num_adapters < extra["num_adapters"]:  # adapters first: the model state holds them
             self.add_adapter()
         self.current = extra["current"]
         self._set_trainable()
-        super().load_state_dict(state)
 
     def load_extra_state(self, state):
         if state["num_adapters"] != self.num_adapters:

@@ -143,8 +143,8 @@ class PromptPoolMethod(Method):
     `prompts(batch, q, train, known_modality)` -> (prompts (B, P, width), auxiliary loss or None).
     """
 
-    def __init__(self, stream, cfg, hp):
-        super().__init__(stream, cfg, hp)
+    def __init__(self, stream, cfg, hp, setting=None):
+        super().__init__(stream, cfg, hp, setting)
         if not isinstance(self.model, PromptedAligner):
             raise ValueError(f"{self.name} needs a token benchmark (the prompted transformer), e.g. mm5")
         self.model.prompts = None  # replaced by the method's own per-sample prompts

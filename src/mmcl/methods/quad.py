@@ -44,18 +44,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmcl.buffers import ReplayBuffer
 from mmcl.methods.base import Method, register
 from mmcl.models.llava import IGNORE, per_question_mean
 
 BLOCKS = ("image_image", "text_text", "text_image")
 
-
-@dataclass
-class QuadHparams:
-    memory: int = 200  # questions stored in total (text only), split equally over the steps seen
-    replay_batch_size: int = 8  # replayed (stored question, current image) pairs added to every batch
-    replay_weight: float = 1.0  # weight of the cross-entropy towards the previous model's answers
-    attn_weight: float = 1.0  # weight of the attention distillation (sum of three blocks)
 
 
 def attention_blocks(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int):
@@ -93,15 +87,22 @@ def attention_kd(student: tuple, teacher: tuple, image: torch.Tensor, text: torc
 class Quad(Method):
     settings = ("scenario",)
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
-    search_space = {"attn_weight": [0.1, 1.0, 10.0]}
-    Hparams = QuadHparams
+    search_space = {"scenario": {"attn_weight": [0.1, 1.0, 10.0]}}
 
-    def __init__(self, stream, cfg, hp: QuadHparams):
-        super().__init__(stream, cfg, hp)
+    @dataclass
+    class Hparams:
+        memory: int = 200  # questions stored in total (text only), split equally over the steps seen
+        replay_batch_size: int = 8  # replayed (stored question, current image) pairs added to every batch
+        replay_weight: float = 1.0  # weight of the cross-entropy towards the previous model's answers
+        attn_weight: float = 1.0  # weight of the attention distillation (sum of three blocks)
+
+    def __init__(self, stream, cfg, hp, setting=None):
         if hp.memory < 0 or hp.replay_batch_size < 0 or hp.replay_weight < 0 or hp.attn_weight < 0:
             raise ValueError(f"quad needs non-negative hyper-parameters, got {hp}")
+        super().__init__(stream, cfg, hp, setting)
         self.model.language_model.set_attn_implementation("eager")  # attention maps need eager attention
-        self.memory: dict[str, dict] = {}  # step name -> {"questions": [...], "grounding": [...]} (no images)
+        # per step, questions and their grounding flags only (no images, no answers)
+        self.memory = ReplayBuffer(hp.memory, group_by="step", columns=("questions", "grounding"))
         self.replay: dict | None = None  # this step's pairs: questions, image_index (current images), answers
         self.teacher = None  # the frozen previous model
         self.teacher_state: dict | None = None
@@ -110,23 +111,18 @@ class Quad(Method):
     def before_experience(self, exp):
         if exp.index == 0:
             return
-        self._set_teacher({k: v.detach().clone() for k, v in self.model_state().items()})
+        self._set_teacher(self.snapshot())
         self.replay = self._replay_pairs(exp)
 
     def after_experience(self, exp):
         """Store this step's questions (text only) and cut every step's share to the budget."""
-        data = exp.train
-        order = torch.randperm(len(data), generator=self.rng).tolist()
-        self.memory[exp.name] = {"questions": [data.questions[i] for i in order],
-                                 "grounding": [bool(data.grounding[i]) for i in order]}
-        quota = self.hp.memory // len(self.memory)
-        for m in self.memory.values():
-            m["questions"], m["grounding"] = m["questions"][:quota], m["grounding"][:quota]
+        self.memory.add(exp.train, [exp.name] * len(exp.train), self.rng)
 
     def stored_questions(self) -> tuple[list[str], list[bool]]:
-        qs = [q for m in self.memory.values() for q in m["questions"]]
-        gs = [g for m in self.memory.values() for g in m["grounding"]]
-        return qs, gs
+        if not len(self.memory):
+            return [], []
+        d = self.memory.data
+        return list(d["questions"]), [bool(g) for g in d["grounding"]]
 
     def _replay_pairs(self, exp) -> dict | None:
         """Every stored question with a current image, answered once by the previous model."""
@@ -142,10 +138,8 @@ class Quad(Method):
         return {"questions": questions, "grounding": grounding, "image_index": image_index, "answers": answers}
 
     def _set_teacher(self, state: dict | None) -> None:
-        self.teacher_state, self.teacher = state, None
-        if state is None:
-            return
-        self.teacher = self.frozen_copy(state)
+        self.teacher_state = state
+        self.teacher = self.frozen_teacher(state)
 
     # -- loss ----------------------------------------------------------------------------
     def _with_replay(self, batch: dict) -> tuple[dict, int]:
@@ -192,10 +186,10 @@ class Quad(Method):
 
     # -- state ---------------------------------------------------------------------------
     def extra_state(self):
-        return {"memory": copy.deepcopy(self.memory), "replay": copy.deepcopy(self.replay),
+        return {"memory": self.memory.state_dict(), "replay": copy.deepcopy(self.replay),
                 "teacher": self.teacher_state}
 
     def load_extra_state(self, state):
-        self.memory = copy.deepcopy(state["memory"])
+        self.memory.load_state_dict(copy.deepcopy(state["memory"]))
         self.replay = copy.deepcopy(state["replay"])
         self._set_teacher(state["teacher"])

@@ -68,7 +68,7 @@ from mmcl.stream import Experience
 @register("slca")
 class SLCA(Method):
     #: the one hyper-parameter the sweep chooses (on a validation split of the training data)
-    search_space = {"slow_factor": [0.01, 0.1, 1.0]}
+    search_space = {"modality": {"slow_factor": [0.01, 0.1, 1.0]}}
 
     @dataclass
     class Hparams:
@@ -79,8 +79,8 @@ class SLCA(Method):
         logit_norm: float = 0.1  # temperature tau of the logit normalisation during CA (0 = plain CE)
         local_ce: bool = True  # training CE over the current experience's classes only (authors' code)
 
-    def __init__(self, stream, cfg, hp):
-        super().__init__(stream, cfg, hp)
+    def __init__(self, stream, cfg, hp, setting=None):
+        super().__init__(stream, cfg, hp, setting)
         if hp.slow_factor < 0 or hp.ca_epochs < 0 or hp.ca_per_class < 1 or hp.ca_batch_size < 1 \
                 or hp.logit_norm < 0:
             raise ValueError("slca needs slow_factor >= 0, ca_epochs >= 0, ca_per_class >= 1, ca_batch_size >= 1 "

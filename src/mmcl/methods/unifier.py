@@ -49,32 +49,31 @@ import torch
 import torch.nn.functional as F
 
 from mmcl.methods.base import Method, register
+from mmcl.seeds import derive_seed
 from mmcl.models.vre import VREParams, _two_view_kl, attach_vre
-
-
-@dataclass
-class UnifierHparams:
-    vre: bool = True  # Vision Representation Expansion: a branch per scenario in every vision block
-    vcc: bool = True  # Vision Consistency Constraint in the loss (see the module doc for vre=false)
-    lam: float = 1.0  # weight of VCC: loss = task + lam * VCC
-    temperature: float = 2.0  # VCC softmax temperature tau
-    bottleneck: int = 16  # width of each branch's down projection
-    branch_dim: int = 0  # output width of each branch (0 = the block width)
-    scale: float = 1.0  # multiplier of the VRE output added to each block's MLP output
 
 
 @register("unifier")
 class Unifier(Method):
     settings = ("scenario",)
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
-    search_space = {"lam": [0.1, 1.0, 10.0]}
-    Hparams = UnifierHparams
+    search_space = {"scenario": {"lam": [0.1, 1.0, 10.0]}}
 
-    def __init__(self, stream, cfg, hp: UnifierHparams):
-        super().__init__(stream, cfg, hp)
+    @dataclass
+    class Hparams:
+        vre: bool = True  # Vision Representation Expansion: a branch per scenario in every vision block
+        vcc: bool = True  # Vision Consistency Constraint in the loss (see the module doc for vre=false)
+        lam: float = 1.0  # weight of VCC: loss = task + lam * VCC
+        temperature: float = 2.0  # VCC softmax temperature tau
+        bottleneck: int = 16  # width of each branch's down projection
+        branch_dim: int = 0  # output width of each branch (0 = the block width)
+        scale: float = 1.0  # multiplier of the VRE output added to each block's MLP output
+
+    def __init__(self, stream, cfg, hp, setting=None):
         if hp.lam < 0 or hp.temperature <= 0 or hp.bottleneck < 1:
             raise ValueError(f"unifier needs lam >= 0, temperature > 0, bottleneck >= 1; got {hp.lam}, "
                              f"{hp.temperature}, {hp.bottleneck}")
+        super().__init__(stream, cfg, hp, setting)
         self.vre = None
         if hp.vre:
             self.vre = attach_vre(self.model, VREParams(
@@ -98,7 +97,7 @@ class Unifier(Method):
             return
         self.vre.snapshot()  # before the step's branch exists: the previous model's projector
         if exp.scenario not in self.branch_of:
-            self.branch_of[exp.scenario] = self.vre.add_branch(seed=int(self.cfg["seed"]) * 1009 + len(self.branch_of))
+            self.branch_of[exp.scenario] = self.vre.add_branch(seed=derive_seed(self.cfg["seed"], "module", len(self.branch_of)))
         self.current = self.branch_of[exp.scenario]
         self._set_trainable()
 
@@ -164,18 +163,14 @@ class Unifier(Method):
                 "branch_of": dict(self.branch_of), "current": self.current,
                 "prev_vision": self.prev_vision_state}
 
-    def load_state_dict(self, state):
-        extra = state["extra"]
+    def restore_structure(self, extra):
         if self.vre is not None and extra["vre"] is not None:  # branches first: the model state holds some
             self.vre.load_state_dict(extra["vre"])
             self.current = extra["current"]
             if self.current is not None:
                 self._set_trainable()
-        super().load_state_dict(state)
 
     def load_extra_state(self, state):
-        if self.vre is not None and state["vre"] is not None:
-            self.vre.load_state_dict(state["vre"])
         self.branch_of = dict(state["branch_of"])
         self.current = state["current"]
         self._set_prev_vision(state["prev_vision"])

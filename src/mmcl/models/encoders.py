@@ -88,7 +88,7 @@ def images_to_features(images: np.ndarray, size: int, progress: bool = False) ->
 @lru_cache(maxsize=1)
 def imagenet_name_embeddings() -> torch.Tensor:
     """MiniLM embeddings of the 1000 ImageNet class names (cached on disk)."""
-    from mmcl.config import cache_dir
+    from mmcl.paths import cache_dir
     from mmcl.data.cache import cached_tensors, digest
 
     names = imagenet_class_names()

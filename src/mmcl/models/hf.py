@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcl.config import ConfigError
+from mmcl.errors import ConfigError
 
 PREFIX = "hf:"
 DEFAULT = "default"
@@ -129,21 +129,21 @@ def parse(key: str, modality: str, value) -> HFSpec | None:
     return HFSpec(key, modality, p.resolve(), mtype, fingerprint(p))
 
 
-def check(cfg: dict) -> None:
+def check(encoders: dict) -> None:
     """Config-time checks of every `encoder.<modality>` (format, directory, model kind)."""
     from mmcl.stream import MODALITIES
 
     for m in MODALITIES:
-        parse(f"encoder.{m}", m, cfg.get("encoder", {}).get(m))
+        parse(f"encoder.{m}", m, encoders.get(m))
 
 
-def specs(cfg: dict) -> dict[str, HFSpec]:
+def specs(encoders: dict) -> dict[str, HFSpec]:
     """modality -> HFSpec for the modalities whose encoder is a local checkpoint."""
     from mmcl.stream import MODALITIES
 
     out = {}
     for m in MODALITIES:
-        s = parse(f"encoder.{m}", m, cfg.get("encoder", {}).get(m))
+        s = parse(f"encoder.{m}", m, encoders.get(m))
         if s is not None:
             out[m] = s
     return out

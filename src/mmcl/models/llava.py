@@ -594,7 +594,7 @@ def build_tiny(p: VLMParams) -> VLM:
 
 def smollm2_dir(progress: bool = True) -> Path:
     """SmolLM2-135M-Instruct as float32 safetensors + tokenizer in the cache, converted from the GGUF once."""
-    from mmcl.config import cache_dir
+    from mmcl.paths import cache_dir
 
     out = cache_dir() / SMOLLM2_CACHE
     if (out / "model.safetensors").exists():

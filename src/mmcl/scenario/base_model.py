@@ -21,7 +21,8 @@ prior and zero-shot VQA on the stream's scenarios falls (0.248 to 0.21-0.23: a m
 to ground-level scenes transfers worse), so it is off by default (docs/results/msvqa-mini.md).
 
 Base training draws its randomness from its own generators inside `fork_rng`, so a run behaves
-the same whether the base model came from the cache or was just trained.
+the same whether the base model came from the cache or was just trained. The scenario setting
+runs it as a stage before the stream (`ScenarioSetting.prepare`), recorded in metrics.json.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import time
 
 import torch
 
-from mmcl.config import cache_dir
+from mmcl import seeds
+from mmcl.paths import cache_dir
 from mmcl.models.llava import IGNORE, VLM, VLMParams, build_vlm
 from mmcl.results import atomic_write_bytes, atomic_write_text
 from mmcl.stream import SampleSet, Stream
@@ -77,7 +79,7 @@ def train_base(vlm: VLM, data: SampleSet, bcfg: dict, seed: int, progress: bool 
     cells = vlm.region_targets(data.boxes) if weight else None
     vlm.train()
     for epoch in range(int(bcfg["epochs"])):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        g = seeds.generator(seed, "base_batch_order", epoch)
         order = torch.randperm(len(data), generator=g)
         total = region_total = 0.0
         for s in range(0, len(data), bs):
@@ -105,29 +107,40 @@ def train_base(vlm: VLM, data: SampleSet, bcfg: dict, seed: int, progress: bool 
     return info
 
 
-def build_scenario_model(stream: Stream, cfg: dict) -> VLM:
-    """The VLM of `cfg["vlm"]`, from the cached base model when the stream has pre-training data."""
+def base_weights(cfg: dict, stream: Stream, progress: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The base model's weights (the HF model's state dict) and what is known of its training: loaded
+    from the cache, or trained on `stream.pretrain` and cached. Needs pre-training data."""
     params = vlm_params(cfg)
-    full = dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True)
-    vlm = build_vlm(full)
-    if stream.pretrain is not None and len(stream.pretrain):
-        key = base_key(cfg, stream)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        path = cache_dir() / "models" / "scenario-base" / f"{digest}.pt"
-        meta_path = path.with_suffix(".json")
-        if path.is_file() and meta_path.is_file():
-            vlm.hf.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            meta = json.loads(meta_path.read_text())
-        else:
-            with torch.random.fork_rng():
-                info = train_base(vlm, stream.pretrain, cfg["base"], params.seed,
-                                  progress=bool(cfg["logging"]["progress"]))
-            buf = io.BytesIO()
-            torch.save({k: v.contiguous() for k, v in vlm.hf.state_dict().items()}, buf)
-            atomic_write_bytes(path, buf.getvalue())
-            meta = {"key": key, **info, "path": str(path)}
-            atomic_write_text(meta_path, json.dumps(meta, indent=1))  # written last: the pair is complete
-        stream.info["base_model"] = {k: meta[k] for k in ("path", "epoch_losses", "train_s", "questions",
-                                                          "region_losses", "labelled_cells") if k in meta}
+    key = base_key(cfg, stream)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir() / "models" / "scenario-base" / f"{digest}.pt"
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True), json.loads(meta_path.read_text())
+    with torch.random.fork_rng():
+        vlm = build_vlm(dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True))
+        info = train_base(vlm, stream.pretrain, cfg["base"], params.seed, progress=progress)
+    state = {k: v.contiguous() for k, v in vlm.hf.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    meta = {"key": key, **info, "path": str(path)}
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))  # written last: the pair is complete
+    return state, meta
+
+
+def base_info(meta: dict) -> dict:
+    """What a run records of its base model."""
+    return {k: meta[k] for k in ("path", "epoch_losses", "train_s", "questions", "region_losses", "labelled_cells")
+            if k in meta}
+
+
+def build_scenario_model(cfg: dict, base_state: dict[str, torch.Tensor] | None = None) -> VLM:
+    """The VLM of `cfg["vlm"]` holding `base_state` (the base model's weights; None: as built), switched to
+    the stream's training regime."""
+    params = vlm_params(cfg)
+    vlm = build_vlm(dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True))
+    if base_state is not None:
+        vlm.hf.load_state_dict(base_state)
     vlm.set_training(params)
     return vlm

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcl.config import ConfigError, cache_dir
-from mmcl.data import register_benchmark
+from mmcl.errors import ConfigError
+from mmcl.paths import cache_dir
+from mmcl.data.registry import BuildContext, register_benchmark
 from mmcl.data.anchors import text_anchors
 from mmcl.data.cache import cached_tensors, digest
 from mmcl.stream import MODALITIES, Experience, Stream, TensorSet
@@ -60,16 +61,16 @@ def generator(modality: str):
     return importlib.import_module(f"mmcl.data.mm5.{modality}")
 
 
-def data_root(modality: str, p: MM5Params, cfg: dict) -> Path:
+def data_root(modality: str, p: MM5Params) -> Path:
     gen = generator(modality)
-    return cache_dir(cfg) / "data" / "mm5" / f"{modality}-v{gen.VERSION}-s{p.data_seed}-{p.train_per_class}x{p.test_per_class}"
+    return cache_dir() / "data" / "mm5" / f"{modality}-v{gen.VERSION}-s{p.data_seed}-{p.train_per_class}x{p.test_per_class}"
 
 
-def ensure_data(modality: str, p: MM5Params, cfg: dict) -> tuple[Path, dict]:
+def ensure_data(modality: str, p: MM5Params) -> tuple[Path, dict]:
     """Generate a modality's files once (cached); return their directory and manifest."""
     from mmcl.data.mm5.common import read_manifest
 
-    root = data_root(modality, p, cfg)
+    root = data_root(modality, p)
     if not (root / "manifest.json").is_file():
         generator(modality).generate(root, seed=p.data_seed, train_per_class=p.train_per_class,
                                      test_per_class=p.test_per_class)
@@ -126,17 +127,17 @@ def encode_modality(modality: str, samples: list, progress: bool) -> dict[str, t
     return {"tokens": maps, "zs": enc.zero_shot_text_embedding(logits, enc.imagenet_name_embeddings())}
 
 
-def modality_features(modality: str, p: MM5Params, cfg: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def modality_features(modality: str, p: MM5Params, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Cached features of one modality: tokens, mask, zs, y (local label), split."""
     from mmcl.models import encoders as enc
 
-    root, man = ensure_data(modality, p, cfg)
+    root, man = ensure_data(modality, p)
     key = digest(man["sha256"], enc.EFFNET_ID, enc.MINILM_ID, TOKENS, WIDTH, FEATURE_VERSION.get(modality, "1"))
-    path = cache_dir(cfg) / "features" / f"mm5-{modality}-{key}.safetensors"
+    path = cache_dir() / "features" / f"mm5-{modality}-{key}.safetensors"
 
     def compute():
         samples, labels, split = generator(modality).load(root)
-        f = encode_modality(modality, samples, bool(cfg["logging"]["progress"]))
+        f = encode_modality(modality, samples, progress)
         tokens, mask = _pad(f["tokens"])
         return {"tokens": tokens, "mask": mask, "zs": f["zs"].float(), "y": torch.from_numpy(labels),
                 "split": torch.from_numpy(split.astype(np.int64))}
@@ -145,20 +146,19 @@ def modality_features(modality: str, p: MM5Params, cfg: dict) -> tuple[dict[str,
 
 
 @register_benchmark("mm5", MM5Params)
-def build(p: MM5Params, cfg: dict) -> Stream:
+def build(p: MM5Params, ctx: BuildContext) -> Stream:
     order = list(p.modalities)
     if len(set(order)) != len(order) or not order:
         raise ConfigError(f"benchmark.modalities must list distinct modalities, got {order}")
     for m in order:
         generator(m)
-    if cfg["stream"]["order"] == "random":
-        seed = cfg["stream"]["order_seed"]
-        rng = np.random.default_rng(cfg["seed"] if seed is None else seed)
+    if ctx.stream.get("order") == "random":
+        rng = np.random.default_rng(ctx.order_seed)
         order = [order[i] for i in rng.permutation(len(order))]
-    k = cfg["stream"]["experiences_per_modality"]
+    k = ctx.stream.get("experiences_per_modality", 1)
     exps, names, anchor_texts, class_mod, info = [], [], [], [], {"modality_order": order, "modalities": {}}
     for modality in order:
-        feats, man = modality_features(modality, p, cfg)
+        feats, man = modality_features(modality, p, ctx.progress)
         classes = man["classes"]
         if not 1 <= k <= len(classes):
             raise ConfigError(f"stream.experiences_per_modality must be in 1..{len(classes)}, got {k}")
@@ -183,5 +183,5 @@ def build(p: MM5Params, cfg: dict) -> Stream:
 
             name = modality if k == 1 else f"{modality}-{len([e for e in exps if e.modality == modality]) + 1}"
             exps.append(Experience(len(exps), name, modality, ids, subset(0), subset(1)))
-    anchors = text_anchors(anchor_texts, cfg["model"]["anchor_template"], cfg)
+    anchors = text_anchors(anchor_texts, ctx.anchor_template)
     return Stream("mm5", exps, names, class_mod, anchors, info)

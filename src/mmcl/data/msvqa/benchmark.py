@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcl.config import ConfigError
-from mmcl.data import register_benchmark
+from mmcl.errors import ConfigError
+from mmcl.data.registry import BuildContext, register_benchmark
 from mmcl.data.msvqa.llava_format import LlavaFormatError, Sample, read_llava_json
 from mmcl.data.msvqa.mini import PRETRAIN_SCENARIO, STREAM_SCENARIOS, ensure_msvqa_mini_for
 from mmcl.data.msvqa.scenes import GROUND_KINDS
@@ -103,16 +103,6 @@ def sample_set(samples: list[Sample], images: torch.Tensor, where: dict[str, int
                      [s.id for s in samples], [s.scenario for s in samples], [s.boxes for s in samples])
 
 
-def _image_size(cfg: dict) -> int | None:
-    v = cfg["vlm"]
-    return None if str(v["preset"]).startswith("hf:") else int(v["image_size"])
-
-
-def _seed(cfg: dict) -> int:
-    s = cfg["stream"]["order_seed"]
-    return int(cfg["seed"] if s is None else s)
-
-
 def _partition(samples: list[Sample], k: int, rng: np.random.Generator) -> list[list[Sample]]:
     """`k` disjoint groups of `samples`, by image (all questions about one image stay together)."""
     images = sorted({s.image for s in samples})
@@ -121,11 +111,11 @@ def _partition(samples: list[Sample], k: int, rng: np.random.Generator) -> list[
     return [[s for s in samples if group[s.image] == g] for g in range(k)]
 
 
-def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], cfg: dict,
+def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], ctx: BuildContext,
                 pretrain: list[Sample], name: str, info: dict) -> Stream:
     """The stream of `stream.protocol` over `scenarios`, with images decoded once."""
-    protocol, order = cfg["stream"]["protocol"], cfg["stream"]["order"]
-    rng = np.random.default_rng([_seed(cfg), 7])
+    protocol, order = ctx.stream.get("protocol", "4-step"), ctx.stream.get("order", "fixed")
+    rng = np.random.default_rng([ctx.order_seed, 7])
     if order == "random":
         scenarios = [scenarios[i] for i in rng.permutation(len(scenarios))]
     by = lambda xs, sc: [s for s in xs if s.scenario == sc]  # noqa: E731
@@ -136,7 +126,7 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
     else:
         parts = {}
         for sc in scenarios:
-            g = np.random.default_rng([_seed(cfg), 11, STREAM_SCENARIOS.index(sc) if sc in STREAM_SCENARIOS else
+            g = np.random.default_rng([ctx.order_seed, 11, STREAM_SCENARIOS.index(sc) if sc in STREAM_SCENARIOS else
                                        sum(map(ord, sc))])
             parts[sc] = (_partition(by(train, sc), SUBTASKS, g), _partition(by(test, sc), SUBTASKS, g))
         for r in range(SUBTASKS):
@@ -148,19 +138,19 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
             raise ConfigError(f"step {n}: no {'training' if not tr else 'test'} questions (scenario '{sc}'); "
                               f"more images per scenario are needed")
     paths = sorted({s.image for s in train + test + pretrain})
-    images = decode_images(paths, _image_size(cfg))
+    images = decode_images(paths, ctx.image_size)
     where = {p: i for i, p in enumerate(paths)}
     exps = [Experience(i, n, "image", [], sample_set(tr, images, where), sample_set(te, images, where), sc,
                        {**extra, "train": len(tr), "test": len(te)})
             for i, (n, sc, tr, te, extra) in enumerate(steps)]
-    info = {**info, "protocol": protocol, "order": [e.name for e in exps], "order_seed": _seed(cfg),
+    info = {**info, "protocol": protocol, "order": [e.name for e in exps], "order_seed": ctx.order_seed,
             "scenarios": scenarios, "pretrain_questions": len(pretrain)}
     return Stream(name, exps, [], [], torch.zeros(0, 1), info,
                   pretrain=sample_set(pretrain, images, where) if pretrain else None)
 
 
 @register_benchmark("msvqa-mini", MsvqaMiniParams)
-def build_msvqa_mini(p: MsvqaMiniParams, cfg: dict) -> Stream:
+def build_msvqa_mini(p: MsvqaMiniParams, ctx: BuildContext) -> Stream:
     """msvqa-mini: embedded multi-scenario VQA and grounding (pybullet renders), generated once and cached."""
     root, man = ensure_msvqa_mini_for(dataclasses.asdict(p))
     samples = read_llava_json(root / "train.json", image_root=root) + read_llava_json(root / "test.json",
@@ -170,11 +160,11 @@ def build_msvqa_mini(p: MsvqaMiniParams, cfg: dict) -> Stream:
     pretrain = [s for s in train if s.scenario == p.base_scenario] if p.base_scenario else []
     info = {"source": "msvqa-mini (embedded, pybullet renders)", "root": str(root), "sha256": man["sha256"],
             "data_seed": p.data_seed, "params": man["params"], "base_scenario": p.base_scenario}
-    return build_steps(train, test, list(p.scenarios), cfg, pretrain, "msvqa-mini", info)
+    return build_steps(train, test, list(p.scenarios), ctx, pretrain, "msvqa-mini", info)
 
 
 @register_benchmark("llava-json", LlavaJsonParams)
-def build_llava_json(p: LlavaJsonParams, cfg: dict) -> Stream:
+def build_llava_json(p: LlavaJsonParams, ctx: BuildContext) -> Stream:
     """llava-json: your own LLaVA-format train/test files (scenario and boxes fields optional)."""
     root = p.image_root or None
     try:
@@ -194,4 +184,4 @@ def build_llava_json(p: LlavaJsonParams, cfg: dict) -> Stream:
     digest = hashlib.sha256(Path(p.train).expanduser().read_bytes() + Path(p.test).expanduser().read_bytes())
     info = {"source": "LLaVA-format JSON", "train": str(p.train), "test": str(p.test),
             "sha256": digest.hexdigest(), "base_scenario": p.base_scenario}
-    return build_steps(train, test, scenarios, cfg, pretrain, "llava-json", info)
+    return build_steps(train, test, scenarios, ctx, pretrain, "llava-json", info)

@@ -212,7 +212,7 @@ def manifest_matches(root, seed: int, params: dict, verify: bool = False) -> dic
 
 
 def default_root(seed: int, params: dict) -> Path:
-    from mmcl.config import cache_dir
+    from mmcl.paths import cache_dir
 
     tag = (f"s{seed}-{params['train_images']}x{params['test_images']}x{params['questions_per_image']}"
            f"-b{params['base_images']}")

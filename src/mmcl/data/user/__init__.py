@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmcl.config import ConfigError, cache_dir
-from mmcl.data import DataError, register_benchmark
+from mmcl.errors import ConfigError
+from mmcl.paths import cache_dir
+from mmcl.data.registry import BuildContext, register_benchmark
+from mmcl.errors import DataError
 from mmcl.data.anchors import text_anchors
 from mmcl.data.user import readers
 from mmcl.data.user.layouts import Entry, Scan, scan
@@ -144,8 +146,8 @@ class _Source:
         return digest("user", DECODE_VERSION, self.modality, self.spec.seconds, enc.EFFNET_ID, enc.MINILM_ID,
                       TOKENS, WIDTH, FEATURE_VERSION.get(self.modality, "1"), h.hexdigest(), *extra)
 
-    def paths(self, cfg: dict):
-        d = cache_dir(cfg) / "features"
+    def paths(self):
+        d = cache_dir() / "features"
         stem = f"user-{self.modality}-{self.key}"
         return d / f"{stem}.safetensors", d / f"{stem}.meta.json"
 
@@ -188,10 +190,9 @@ class _Source:
         if self.modality == "audio":  # default: the longest clip (at least mm5's 0.96 s, at most 10 s)
             self.audio_seconds = self.spec.seconds or min(max(max(durations, default=1.0), 0.96), 10.0)
 
-    def encode(self, cfg: dict) -> dict[str, torch.Tensor]:
+    def encode(self, progress: bool = False) -> dict[str, torch.Tensor]:
         from mmcl.data.mm5 import TOKENS, WIDTH, _pad, encode_modality
 
-        progress = bool(cfg["logging"]["progress"])
         ok = [i for i, e in enumerate(self.entries) if e.where not in self.decode_errors]
         samples = self.samples if len(self.samples) == len(self.entries) else [False] * len(self.entries)
         tokens, masks, zs = [], [], []
@@ -266,11 +267,11 @@ def _select_classes(e: ExperienceSpec, sc: Scan) -> list[str]:
 
 
 @register_benchmark("user", UserParams)
-def build(p: UserParams, cfg: dict) -> Stream:
+def build(p: UserParams, ctx: BuildContext) -> Stream:
     """Your own data: class folders, manifests (CSV/JSONL) or ESC-50, any modality, described in YAML."""
     from mmcl.models import encoders as enc
 
-    if cfg["stream"]["experiences_per_modality"] != 1:
+    if ctx.stream.get("experiences_per_modality", 1) != 1:
         raise ConfigError("stream.experiences_per_modality applies to mm5; in a user stream give an experience "
                           "'parts: k' to split its classes over k experiences")
     if not 0 < p.test_fraction < 1:
@@ -280,10 +281,10 @@ def build(p: UserParams, cfg: dict) -> Stream:
             raise ConfigError(f"config key 'benchmark.{k}' must be >= 0 (0 = all), got {getattr(p, k)}")
     from mmcl.models import hf
 
-    policy = cfg["data"]["on_error"]
-    progress = bool(cfg["logging"]["progress"])
+    policy = ctx.on_error
+    progress = ctx.progress
     specs = parse(p.experiences, p.sources)
-    encoders = hf.specs(cfg)  # modality -> local checkpoint (the others: bundled encoders)
+    encoders = hf.specs(ctx.encoders)  # modality -> local checkpoint (the others: bundled encoders)
 
     # 1. scan every source once; expand experiences into their classes
     sources: dict[tuple, _Source] = {}
@@ -302,9 +303,8 @@ def build(p: UserParams, cfg: dict) -> Stream:
             raise ConfigError(f"config key '{e.key}.parts' is {e.parts} but the experience has {len(raws)} classes")
         for i, part in enumerate(np.array_split(np.arange(len(raws)), e.parts)):
             plan.append((e, src, [raws[j] for j in part], i))
-    if cfg["stream"]["order"] == "random":
-        seed = cfg["stream"]["order_seed"]
-        perm = np.random.default_rng(cfg["seed"] if seed is None else seed).permutation(len(plan))
+    if ctx.stream.get("order") == "random":
+        perm = np.random.default_rng(ctx.order_seed).permutation(len(plan))
         plan = [plan[i] for i in perm]
 
     # 2. which files; cached features or decode every file once (validation)
@@ -312,7 +312,7 @@ def build(p: UserParams, cfg: dict) -> Stream:
     for src in sources.values():
         src.select(p)
         src.key = src.cache_key()
-        fpath, epath = src.paths(cfg)
+        fpath, epath = src.paths()
         if fpath.is_file() and epath.is_file():
             try:
                 meta = json.loads(epath.read_text())
@@ -335,10 +335,10 @@ def build(p: UserParams, cfg: dict) -> Stream:
     from mmcl.data.cache import cached_tensors
 
     for src in sources.values():
-        fpath, epath = src.paths(cfg)
+        fpath, epath = src.paths()
         if not src.cached:
             atomic_write_text(epath, json.dumps({"errors": src.decode_errors, "audio_seconds": src.audio_seconds}))
-        src.feats = cached_tensors(fpath, lambda src=src: src.encode(cfg))
+        src.feats = cached_tensors(fpath, lambda src=src: src.encode(progress))
         ok = src.feats["ok"].tolist()
         row = 0
         for i, e in enumerate(src.entries):
@@ -387,7 +387,7 @@ def build(p: UserParams, cfg: dict) -> Stream:
                               "y": torch.tensor(ys, dtype=torch.long)})
 
         exps.append(Experience(len(exps), name, src.modality, ids, subset(0), subset(1)))
-    anchors = text_anchors(anchor_texts, cfg["model"]["anchor_template"], cfg)
+    anchors = text_anchors(anchor_texts, ctx.anchor_template)
 
     info = {
         "source": "user data (benchmark.experiences)",

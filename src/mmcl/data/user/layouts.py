@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmcl.config import ConfigError
+from mmcl.errors import ConfigError
 from mmcl.data.user.readers import EXTENSIONS
 from mmcl.data.user.spec import SourceSpec
 from mmcl.stream import MODALITIES

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcl.config import ConfigError
+from mmcl.errors import ConfigError
 from mmcl.stream import MODALITIES
 
 LAYOUTS = ("folders", "manifest", "esc50")

@@ -1,0 +1,210 @@
+"""`scenario`: continual instruction tuning of a LLaVA-style model across visual scenarios (DESIGN.md section 3).
+
+Experiences are steps of visual questions (`SampleSet`s); the model is a `VLM` (`vlm.*`) that
+starts from a base model trained once on the benchmark's pre-training scenario (a stage run
+before the stream, cached: `mmcl.scenario.base_model`). Training is the answer-token
+cross-entropy; a prediction is a generated answer string; two matrices, `vqa` (normalised
+exact match over short-answer questions) and `grounding_f1` (boxes at IoU >= 0.5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmcl.data.registry import BuildContext
+from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting
+from mmcl.stream import Stream
+
+
+def state_digest(model: nn.Module) -> str:
+    """Hash of every weight and buffer: whatever a method changes, a changed model gets new answers."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ScenarioEvaluator(Evaluator):
+    """Generates answers for every step's test questions and scores them (`ScenarioScorer`).
+
+    Questions are answered in batches of `eval.batch_size`, short-answer questions first and
+    grounding questions last: a batch stops decoding when all its answers ended, so short answers
+    do not wait for box lists (batched greedy decoding equals one-by-one decoding). Answers are
+    deterministic given the weights, so a step is not answered again while the model is unchanged
+    (`zeroshot`: one evaluation, not T + 1): the evaluator keeps the last model's answers.
+    """
+
+    def __init__(self, setting):
+        super().__init__(setting)
+        self._answers: tuple[str, dict[int, list[str]]] | None = None  # (model digest, step -> answers)
+
+    @torch.no_grad()
+    def __call__(self, method, stream: Stream, after: int, progress: bool = False) -> EvalResult:
+        from mmcl.scenario.metrics import ScenarioScorer
+
+        method.model.eval()
+        digest = state_digest(method.model)
+        if self._answers is None or self._answers[0] != digest:
+            self._answers = (digest, {})
+        cache = self._answers[1]
+        rows: dict[str, list] = {"vqa": [], "grounding_f1": []}
+        records = []
+        bs = self.cfg["eval"]["batch_size"]
+        for j, exp in enumerate(tqdm(stream, desc="evaluating", leave=False, disable=None if progress else True)):
+            if j > after >= 0 and not self.cfg["eval"]["future"]:
+                rows["vqa"].append(None)
+                rows["grounding_f1"].append(None)
+                continue
+            test = exp.test
+            if j not in cache:
+                order = torch.argsort(test.grounding.long(), stable=True)
+                answers: list[str] = [""] * len(test)
+                k = 0
+                for batch in test.subset(order).batches(bs):
+                    for a in method.predict(batch, None):
+                        answers[int(order[k])] = a
+                        k += 1
+                cache[j] = answers
+            answers = cache[j]
+            scorer = ScenarioScorer().update(answers, test.answers, test.grounding.tolist())
+            for name, v in scorer.result().items():
+                rows[name].append(v)
+            records += [{"step": exp.name, "id": i, "scenario": sc, "question": q, "answer": a, "prediction": p}
+                        for i, sc, q, a, p in zip(test.ids, test.scenarios, test.questions, test.answers, answers)]
+        method.model.train()
+        return EvalResult(rows, records)
+
+
+def last_row_by_scenario(rows: dict[str, list], stream: Stream) -> dict[str, dict[str, float | None]]:
+    """Per matrix, the final row averaged over each scenario's steps (the 20-step protocol has 5 per scenario)."""
+    out = {}
+    for name, A in rows.items():
+        per: dict[str, list] = {}
+        for e, v in zip(stream, A[-1]):
+            per.setdefault(e.scenario, []).append(v)
+        out[name] = {sc: (sum(vs) / len(vs) if None not in vs else None) for sc, vs in per.items()}
+    return out
+
+
+@register_setting("scenario")
+class ScenarioSetting(Setting):
+    matrices = ("vqa", "grounding_f1")
+    schema = {
+        "stream": {
+            "protocol": "4-step",  # 4-step: one step per scenario | 20-step: each scenario in 5 disjoint sub-tasks, interleaved
+        },
+        "base": {  # the base model: trained once (lm_train=full) on the benchmark's pre-training scenario, cached
+            "epochs": 12,
+            "lr": 2e-3,
+            "batch_size": 32,
+            "region_weight": 0.0,  # > 0: also name the object at every image token (needs the data's boxes)
+        },
+        "eval": {
+            "max_new_tokens": 48,  # greedy generation budget per answer (a box is about 9 tokens)
+            "predictions": True,  # write predictions.jsonl (every answer of the last evaluation)
+        },
+    }
+    choices = {"stream.protocol": ("4-step", "20-step")}
+    distributed = False  # runs in one process for now
+    replay_group = "step"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self._base: tuple[int, dict, dict] | None = None  # (id of the pre-training data, weights, meta)
+
+    # -- config ---------------------------------------------------------------------------
+    @classmethod
+    def extra_schema(cls, cfg: dict) -> dict:
+        from mmcl.models.llava import VLMParams
+
+        out = {}
+        for f in dataclasses.fields(VLMParams):
+            d = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out[f"vlm.{f.name}"] = list(d) if isinstance(d, tuple) else d
+        return out
+
+    @classmethod
+    def check(cls, cfg: dict) -> None:
+        from mmcl.errors import ConfigError
+
+        rw = cfg["base"]["region_weight"]
+        if rw < 0:
+            raise ConfigError(f"config key 'base.region_weight' must be >= 0, got {rw!r}")
+        if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
+            raise ConfigError("config key 'base.region_weight': region naming needs a preset whose image tokens are a "
+                              "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+
+    # -- data -----------------------------------------------------------------------------
+    def context(self) -> BuildContext:
+        cfg, v = self.cfg, self.cfg["vlm"]
+        size = None if str(v["preset"]).startswith("hf:") else int(v["image_size"])
+        return BuildContext(seed=int(cfg["seed"]), stream=dict(cfg["stream"]), progress=bool(cfg["logging"]["progress"]),
+                            image_size=size)
+
+    # -- stages ---------------------------------------------------------------------------
+    def prepare(self, stream: Stream, progress: bool = False) -> dict:
+        """The base model: trained once on the stream's pre-training data (`stream.pretrain`) and cached."""
+        if stream.pretrain is None or not len(stream.pretrain):
+            return {}
+        if self._base is None or self._base[0] != id(stream.pretrain):
+            from mmcl.scenario.base_model import base_weights
+
+            state, meta = base_weights(self.cfg, stream, progress=progress)
+            self._base = (id(stream.pretrain), state, meta)
+        from mmcl.scenario.base_model import base_info
+
+        return {"base_model": base_info(self._base[2])}
+
+    # -- model ----------------------------------------------------------------------------
+    def build_model(self, stream: Stream) -> nn.Module:
+        from mmcl.scenario.base_model import build_scenario_model
+
+        self.prepare(stream, progress=bool(self.cfg["logging"]["progress"]))
+        return build_scenario_model(self.cfg, self._base[1] if self._base is not None else None)
+
+    def model_state(self, model):
+        """LoRA, projector, trainable tower: the base model is rebuilt from its cache."""
+        return model.trainable_state_dict()
+
+    def check_loaded(self, model, missing, unexpected):
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        return [k for k in missing if k in trained] + list(unexpected)
+
+    # -- training -------------------------------------------------------------------------
+    def loss_and_outputs(self, model, batch, num_classes, net=None):
+        """Answer-token cross-entropy (each question weighted equally) and the answer-token logits (N, vocab)."""
+        from mmcl.models.llava import per_question_mean
+
+        logits, target, rows = model.answer_logits(self.tokens(model, batch), with_rows=True)
+        return per_question_mean(torch.nn.functional.cross_entropy(logits, target, reduction="none"), rows), logits
+
+    def loss(self, model, batch, num_classes, net=None):
+        return model.loss(batch)
+
+    def outputs(self, model, batch, num_classes):
+        """The answer-token logits (N, vocab) of `batch`'s ground-truth answers, teacher-forced."""
+        return model.answer_logits(self.tokens(model, batch))[0]
+
+    @staticmethod
+    def tokens(model, batch: dict) -> dict:
+        return batch if "input_ids" in batch else model.batch(batch["images"], batch["questions"], batch["answers"])
+
+    @staticmethod
+    def batch_size(batch: dict) -> int:
+        return len(batch["questions"])
+
+    # -- evaluation -----------------------------------------------------------------------
+    def predict(self, model, batch, num_classes):
+        """The answer strings (batched greedy decoding with a KV cache)."""
+        return model.generate(batch["images"], batch["questions"], max_new_tokens=self.cfg["eval"]["max_new_tokens"])
+
+    def evaluator(self) -> Evaluator:
+        return ScenarioEvaluator(self)
+
+    def extra_metrics(self, rows, stream):
+        return {"last_by_scenario": last_row_by_scenario(rows, stream)}
