@@ -196,11 +196,12 @@ def _schema_for(cfg: dict) -> dict[str, Any]:
         raise ConfigError(f"unknown benchmark '{bname}'; available: {', '.join(sorted(BENCHMARKS))}")
     if mname not in METHODS:
         raise ConfigError(f"unknown method '{mname}'; available: {', '.join(sorted(METHODS))}")
+    kind = scls.variant_of or setting  # a variant takes its parent setting's benchmarks and methods
     b_setting = getattr(benchmark_params(bname), "setting", "modality")
-    if b_setting != setting:
+    if b_setting != kind:
         raise ConfigError(f"benchmark '{bname}' belongs to the {b_setting} setting; set setting={b_setting}")
-    if setting not in METHODS[mname].settings:
-        able = sorted(n for n, c in METHODS.items() if setting in c.settings)
+    if kind not in METHODS[mname].settings:
+        able = sorted(n for n, c in METHODS.items() if kind in c.settings)
         raise ConfigError(f"method '{mname}' does not support the {setting} setting yet; "
                           f"methods of that setting: {', '.join(able)}")
     for f in dataclasses.fields(benchmark_params(bname)):
@@ -208,7 +209,7 @@ def _schema_for(cfg: dict) -> dict[str, Any]:
     for f in dataclasses.fields(method_hparams(mname)):
         schema[f"method.{f.name}"] = _field_default(f)
     # a method may default some hyper-parameters differently in a setting (e.g. ewc's lambda in scenario)
-    for k, v in METHODS[mname].setting_defaults.get(setting, {}).items():
+    for k, v in METHODS[mname].setting_defaults.get(kind, {}).items():
         if f"method.{k}" not in schema:
             raise ValueError(f"method '{mname}': setting_defaults names '{k}', which is not a hyper-parameter")
         schema[f"method.{k}"] = v

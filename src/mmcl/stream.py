@@ -128,35 +128,36 @@ class SampleSet:
 
 @dataclass
 class Experience:
-    """One step of the stream: its training and test data and the classes it introduces."""
+    """One step of the stream: its training and test data and, in the modality setting, its modality
+    and the classes it introduces (a scenario step has a scenario instead, and no classes)."""
 
     index: int
     name: str
-    modality: str
-    classes: list[int]  # global class ids (order of first appearance)
-    train: TensorSet
-    test: TensorSet
-    scenario: str | None = None
+    train: "TensorSet | SampleSet"
+    test: "TensorSet | SampleSet"
+    modality: str | None = None  # the modality of its inputs (modality setting)
+    classes: list[int] = field(default_factory=list)  # global class ids it introduces (order of first appearance)
+    scenario: str | None = None  # its visual scenario (scenario setting)
     info: dict = field(default_factory=dict)  # scenario steps: sub-task and sizes, shown in metrics.json
 
     def describe(self, class_names: list[str]) -> dict:
-        if self.scenario is not None and not self.classes:  # a step of the scenario setting: no classes
-            return {"name": self.name, "scenario": self.scenario, **self.info}
-        d = {"name": self.name, "modality": self.modality, "classes": [class_names[c] for c in self.classes]}
+        d: dict = {"name": self.name}
+        if self.modality is not None:
+            d.update(modality=self.modality, classes=[class_names[c] for c in self.classes])
         if self.scenario is not None:
             d["scenario"] = self.scenario
-        return d
+        return {**d, **self.info}
 
 
 @dataclass
 class Stream:
-    """An ordered list of experiences over a shared label space with named classes."""
+    """An ordered list of experiences, over a shared label space with named classes where there are classes."""
 
     name: str
     experiences: list[Experience]
-    class_names: list[str]
-    class_modality: list[str]  # modality of each class (for the modality-aware protocol)
-    anchors: torch.Tensor  # (num_classes, d) unit-norm text embeddings of the class names
+    class_names: list[str] = field(default_factory=list)
+    class_modality: list[str] = field(default_factory=list)  # modality of each class (for the modality-aware protocol)
+    anchors: torch.Tensor | None = None  # (num_classes, d) unit-norm text embeddings of the class names
     info: dict = field(default_factory=dict)  # provenance: split, sizes, hashes, encoders
     data_errors: list[str] = field(default_factory=list)  # input files left out (data.on_error=skip): "<path>: <reason>"
     pretrain: "SampleSet | None" = None  # scenario setting: what the base model is trained on (not a step)
@@ -169,9 +170,10 @@ class Stream:
             seen.extend(e.classes)
         if seen != list(range(len(seen))):
             raise ValueError("class ids must be numbered in order of first appearance in the stream")
-        if len(self.class_names) != len(seen) or len(self.anchors) != len(seen):
+        n_anchors = 0 if self.anchors is None else len(self.anchors)
+        if len(self.class_names) != len(seen) or n_anchors != len(seen):
             raise ValueError(
-                f"stream has {len(seen)} classes but {len(self.class_names)} names and {len(self.anchors)} anchors"
+                f"stream has {len(seen)} classes but {len(self.class_names)} names and {n_anchors} anchors"
             )
 
     def __len__(self) -> int:

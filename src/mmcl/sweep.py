@@ -133,7 +133,10 @@ def search_space(config: str, overrides: list[str]) -> dict[str, list]:
     from mmcl.methods import METHODS
 
     cfg = load_config(config, overrides)
-    return method_search_space(METHODS[cfg["method"]["name"]], cfg["setting"])
+    from mmcl.settings import SETTINGS
+
+    setting = SETTINGS[cfg["setting"]]
+    return method_search_space(METHODS[cfg["method"]["name"]], setting.variant_of or setting.name)
 
 
 def method_search_space(cls, setting: str) -> dict[str, list]:

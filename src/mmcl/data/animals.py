@@ -124,7 +124,7 @@ def build(p: AnimalsParams, ctx: BuildContext) -> Stream:
         tr = [tensor_set(k, train_idx[order[k]]) for k in ks]
         te = [tensor_set(k, test_idx[order[k]]) for k in ks]
         cat = lambda parts: TensorSet({f: torch.cat([d[f] for d in parts]) for f in parts[0]})  # noqa: E731
-        exps.append(Experience(e, "+".join(names[k] for k in ks), "image", ks, cat(tr), cat(te)))
+        exps.append(Experience(e, "+".join(names[k] for k in ks), cat(tr), cat(te), modality="image", classes=ks))
     info = {
         "source": "animal-mnist 0.4 (PyPI), 28x28 silhouettes",
         "class_order": names,

@@ -68,7 +68,7 @@ def build(p: SyntheticParams, ctx: BuildContext) -> Stream:
         parts_tr = [sample(c, p.train_per_class, mod) for c in ks]
         parts_te = [sample(c, p.test_per_class, mod) for c in ks]
         cat = lambda parts: TensorSet({f: torch.cat([d[f] for d in parts]) for f in parts[0]})  # noqa: E731
-        exps.append(Experience(e, f"{mod}/c{ks[0]}-c{ks[-1]}", mod, ks, cat(parts_tr), cat(parts_te)))
+        exps.append(Experience(e, f"{mod}/c{ks[0]}-c{ks[-1]}", cat(parts_tr), cat(parts_te), modality=mod, classes=ks))
     names = [f"class {c}" for c in range(n_cls)]
     return Stream("synthetic", exps, names, modality_of, torch.tensor(anchors, dtype=torch.float32),
                   {"source": "seeded Gaussian clusters (synthetic)", "data_seed": p.data_seed})

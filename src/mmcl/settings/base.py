@@ -74,6 +74,9 @@ class Setting:
     drops: tuple[str, ...] = ()
     #: closed sets of values of this setting's keys: dotted key -> allowed values
     choices: dict[str, tuple] = {}
+    #: a setting that differs from another only in how it is scored (say) names it here: it then accepts
+    #: that setting's benchmarks and methods
+    variant_of: str | None = None
     #: can run under torchrun (DDP)
     distributed = True
     #: how a replay memory groups samples when it splits its capacity: "label" (class-balanced) or "step"

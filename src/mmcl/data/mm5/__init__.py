@@ -182,6 +182,6 @@ def build(p: MM5Params, ctx: BuildContext) -> Stream:
                                   "y": remap[feats["y"][sel]]})
 
             name = modality if k == 1 else f"{modality}-{len([e for e in exps if e.modality == modality]) + 1}"
-            exps.append(Experience(len(exps), name, modality, ids, subset(0), subset(1)))
+            exps.append(Experience(len(exps), name, subset(0), subset(1), modality=modality, classes=ids))
     anchors = text_anchors(anchor_texts, ctx.anchor_template)
     return Stream("mm5", exps, names, class_mod, anchors, info)

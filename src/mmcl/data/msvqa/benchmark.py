@@ -140,12 +140,12 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
     paths = sorted({s.image for s in train + test + pretrain})
     images = decode_images(paths, ctx.image_size)
     where = {p: i for i, p in enumerate(paths)}
-    exps = [Experience(i, n, "image", [], sample_set(tr, images, where), sample_set(te, images, where), sc,
-                       {**extra, "train": len(tr), "test": len(te)})
+    exps = [Experience(i, n, sample_set(tr, images, where), sample_set(te, images, where), scenario=sc,
+                       info={**extra, "train": len(tr), "test": len(te)})
             for i, (n, sc, tr, te, extra) in enumerate(steps)]
     info = {**info, "protocol": protocol, "order": [e.name for e in exps], "order_seed": ctx.order_seed,
             "scenarios": scenarios, "pretrain_questions": len(pretrain)}
-    return Stream(name, exps, [], [], torch.zeros(0, 1), info,
+    return Stream(name, exps, info=info,
                   pretrain=sample_set(pretrain, images, where) if pretrain else None)
 
 

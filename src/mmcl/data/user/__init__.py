@@ -386,7 +386,7 @@ def build(p: UserParams, ctx: BuildContext) -> Stream:
                               "m": torch.full((len(rows),), MODALITIES.index(src.modality), dtype=torch.long),
                               "y": torch.tensor(ys, dtype=torch.long)})
 
-        exps.append(Experience(len(exps), name, src.modality, ids, subset(0), subset(1)))
+        exps.append(Experience(len(exps), name, subset(0), subset(1), modality=src.modality, classes=ids))
     anchors = text_anchors(anchor_texts, ctx.anchor_template)
 
     info = {

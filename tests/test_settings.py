@@ -1,0 +1,65 @@
+"""Settings are objects: a new one plugs in without touching the engine or any method."""
+import torch
+
+from mmcl.engine import run
+from mmcl.metrics import accuracy
+from mmcl.settings import SETTINGS, EvalResult, Evaluator, make_setting
+from mmcl.settings.modality import ModalitySetting
+from tests.conftest import tiny_cfg
+
+
+class TaskEvaluator(Evaluator):
+    """Task-incremental scoring: the test sample's experience (task id) is known, so prediction is
+    restricted to that experience's own classes."""
+
+    @torch.no_grad()
+    def __call__(self, method, stream, after, progress=False):
+        row = []
+        for j, exp in enumerate(stream):
+            n = stream.seen_after(max(after, j))
+            other = torch.ones(n, dtype=torch.bool)
+            other[exp.classes] = False
+            preds = [method.predict(b, n).masked_fill(other, float("-inf")).argmax(1) for b in exp.test.batches(256)]
+            row.append(accuracy(torch.cat(preds), exp.test["y"]))
+        return EvalResult({"task_aware": row})
+
+
+class TaskIncremental(ModalitySetting):
+    """The modality setting's streams, models and methods, scored task-incrementally."""
+
+    matrices = ("task_aware",)
+    variant_of = "modality"
+
+    def evaluator(self):
+        return TaskEvaluator(self)
+
+
+def test_a_third_setting_runs_through_the_unchanged_engine(tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "task", TaskIncremental)
+    TaskIncremental.name = "task"
+    cfg = tiny_cfg("finetune", setting="task")
+    assert isinstance(make_setting(cfg), TaskIncremental) and cfg["setting"] == "task"
+    task = run(cfg, str(tmp_path / "task"))
+    plain = run(tiny_cfg("finetune"), str(tmp_path / "plain"))
+    assert task["setting"] == "task" and set(task["matrices"]) == {"task_aware"}
+    assert set(task["summary"]) == {"task_aware"} and (tmp_path / "task" / "matrix_task_aware.csv").is_file()
+    # the same training (same seed, data, model); knowing the task can only help: the true class is in the mask
+    A, B = task["matrices"]["task_aware"], plain["matrices"]["modality_agnostic"]
+    assert all(a >= b for ra, rb in zip(A, B) for a, b in zip(ra, rb))
+    assert sum(map(sum, A)) > sum(map(sum, B))  # finetune forgets across tasks, far less within one
+
+
+def test_settings_own_their_schema_and_choices():
+    from mmcl.config import load_config
+    from mmcl.errors import ConfigError
+    import pytest
+
+    mod, sc = load_config("mm5-er"), load_config("msvqa-mini-er")
+    assert "model" in mod and "encoder" in mod and "vlm" not in mod
+    assert "vlm" in sc and "base" in sc and "model" not in sc and "encoder" not in sc
+    with pytest.raises(ConfigError, match="stream.protocol"):
+        load_config("msvqa-mini-er", ["stream.protocol=3-step"])
+    with pytest.raises(ConfigError, match="unknown config key 'stream.protocol'"):
+        load_config("mm5-er", ["stream.protocol=4-step"])
+    with pytest.raises(ConfigError, match="'setting' must be one of modality, scenario"):
+        load_config("mm5-er", ["setting=scenaro"])
