@@ -57,6 +57,11 @@ def _list(args) -> int:
         doc = (sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
 
+    from mmcl.settings import SETTINGS
+
+    print("settings:")
+    for n, cls in SETTINGS.items():
+        print(f"  {n:12s} {first_line(cls)}")
     print("methods:")
     for n, cls in sorted(METHODS.items()):
         print(f"  {n:12s} {first_line(cls)}")

@@ -2,7 +2,9 @@
 
 Each purpose has its own formula, so two purposes never share a generator and a resumed run
 redraws exactly what an uninterrupted one did. The formulas are the ones mmcl has always used
-(changing one changes every result that depends on it).
+(changing one changes every result that depends on it). One pair coincides: `batch_order` of
+experience 0 and `base_batch_order` give the same seed per epoch; they shuffle different data (a
+step, the pre-training set), and changing either would retrain every cached base model.
 """
 from __future__ import annotations
 

@@ -14,11 +14,8 @@ plus projector / tower per config).
 With `base.region_weight` > 0 base training adds a region-naming loss (`VLM.losses`): at every
 image token the language-model head must name the object its cell shows (from the pre-training
 data's object boxes), weighted by `region_weight`: dense supervision of what the image tokens
-mean, in the words the answers use. Data without boxes labels no cell and adds nothing. On
-msvqa-mini's ground scenario (12 epochs, weight 1) it lifts the base model's VQA on held-out ground
-scenes from 0.446 to 0.586 (existence 0.90, counting 0.57), but colour questions stay at the answer
-prior and zero-shot VQA on the stream's scenarios falls (0.248 to 0.21-0.23: a model fitted closer
-to ground-level scenes transfers worse), so it is off by default (docs/results/msvqa-mini.md).
+mean, in the words the answers use. Data without boxes labels no cell and adds nothing. It is off
+by default; what it does on msvqa-mini is measured in docs/results/msvqa-mini.md.
 
 Base training draws its randomness from its own generators inside `fork_rng`, so a run behaves
 the same whether the base model came from the cache or was just trained. The scenario setting
