@@ -2,7 +2,7 @@
 import json
 
 from mmcl.cli import main
-from tests.conftest import run_cli, tiny_cfg, write_cfg
+from tests.harness import run_cli, tiny_cfg, write_cfg
 
 
 def test_list(capsys):

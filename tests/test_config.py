@@ -3,7 +3,7 @@ import pytest
 
 from mmcl.cli import main
 from mmcl.config import ConfigError, load_config, parse_override, validate
-from tests.conftest import tiny_cfg
+from tests.harness import tiny_cfg
 
 
 def test_bundled_config_and_overrides():

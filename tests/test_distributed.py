@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, tiny_cfg, write_cfg
+from tests.harness import run_cli, tiny_cfg, write_cfg
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
@@ -47,7 +47,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 def test_two_process_ddp_on_a_multimodal_token_stream(tmp_path):
     """COMM on the prompted token model: each step uses one modality's input projection and prompts,
     so the others get no gradient (DDP must allow unused parameters); statistics stay identical."""
-    from tests.conftest import tiny_token_cfg
+    from tests.harness import tiny_token_cfg
 
     cfg = tiny_token_cfg("comm", train={"epochs": 2})
     cfg_path = write_cfg(tmp_path / "c.yaml", cfg)

@@ -11,7 +11,7 @@ import torch
 
 from mmcl.engine import run
 from mmcl.methods.base import METHODS, Method, register
-from tests.conftest import metrics_without_timing, mmcl_cmd, run_cli, tiny_cfg, write_cfg
+from tests.harness import metrics_without_timing, mmcl_cmd, run_cli, tiny_cfg, write_cfg
 
 
 def test_run_directory_contract(tmp_path):

@@ -5,7 +5,7 @@ from mmcl.settings import build_stream
 from mmcl.engine import evaluate, run
 from mmcl.methods.base import METHODS
 from mmcl.methods.gaussians import ClassGaussians, realign_head
-from tests.conftest import tiny_cfg, tiny_token_cfg
+from tests.harness import tiny_cfg, tiny_token_cfg
 
 
 def test_validation_split_holds_out_training_data_and_never_uses_test():

@@ -6,7 +6,7 @@ from mmcl import seeds
 from mmcl.engine import build_method
 from mmcl.methods import METHODS
 from mmcl.settings import build_stream
-from tests.conftest import tiny_cfg
+from tests.harness import tiny_cfg
 
 
 def test_frozen_teacher_is_a_detached_copy_of_the_snapshot():

@@ -5,7 +5,7 @@ from mmcl.engine import run
 from mmcl.metrics import accuracy
 from mmcl.settings import SETTINGS, EvalResult, Evaluator, make_setting
 from mmcl.settings.modality import ModalitySetting
-from tests.conftest import tiny_cfg
+from tests.harness import tiny_cfg
 
 
 class TaskEvaluator(Evaluator):

@@ -4,9 +4,10 @@ import json
 import pytest
 import yaml
 
-from mmcl.config import ConfigError
-from mmcl.sweep import Sweep, read_spec
-from tests.conftest import run_cli
+from mmcl.config import ConfigError, load_config
+from mmcl.methods.ewc import EWC
+from mmcl.sweep import Sweep, read_spec, search_space
+from tests.harness import run_cli
 
 TINY = {"benchmark": {"name": "synthetic", "num_experiences": 2, "train_per_class": 30, "test_per_class": 10},
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.01}, "model": {"hidden_dim": 16}}
@@ -166,3 +167,18 @@ def test_a_run_may_name_its_own_seeds(tmp_path):
     p.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"runs\[1\].seeds"):
         read_spec(str(p))
+
+
+# -- bundled scenario configs and their search spaces ----------------------------------------
+@pytest.mark.usefixtures("one_thread")
+def test_bundled_configs_and_scenario_search_spaces():
+    ft = load_config("msvqa-mini-finetune")
+    for name in ("er", "ewc", "lwf"):
+        cfg = load_config(f"msvqa-mini-{name}")
+        assert cfg["method"]["name"] == name
+        assert all(cfg[k] == ft[k] for k in ("setting", "benchmark", "train", "vlm", "base", "eval", "stream"))
+    assert search_space("msvqa-mini-ewc", []) == {"ewc_lambda": EWC.search_space["scenario"]["ewc_lambda"]}
+    assert search_space("msvqa-mini-lwf", []) == {"alpha": [0.1, 1.0, 10.0]}
+    assert search_space("mm5-ewc", []) == {"ewc_lambda": [1e4, 1e5, 1e6]}  # modality: unchanged
+    assert search_space("mm5-lwf", []) == {"alpha": [0.5, 1.0, 2.0]}
+    assert load_config("mm5-er")["method"]["replay_batch_size"] == 0  # modality default unchanged

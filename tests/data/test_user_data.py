@@ -24,7 +24,7 @@ from mmcl.settings import build_stream
 from mmcl.data import mm5 as mm5_data
 from mmcl.data.user import layouts, readers
 from mmcl.data.user.layouts import plain_name
-from tests.conftest import run_cli
+from tests.harness import run_cli
 
 RNG = np.random.default_rng(0)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, make_optimizer, run
 from mmcl.methods.prompting import ortho_penalty
-from tests.conftest import run_experience, tiny_token_cfg, train_steps
+from tests.harness import run_experience, tiny_token_cfg, train_steps
 
 SMALL = {"train_per_class": 24, "test_per_class": 12}  # 3 modalities x 2 classes, fast
 HP = {"pool_size": 12, "length": 4}  # 4 components per experience

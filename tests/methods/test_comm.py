@@ -9,7 +9,7 @@ from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from mmcl.methods.comm import pooled_tokens
 from mmcl.stream import MODALITIES, TensorSet
-from tests.conftest import tiny_token_cfg
+from tests.harness import tiny_token_cfg
 
 FAST = {"realign_per_class": 32, "realign_epochs": 3, "relevance_epochs": 10}  # smaller re-training budgets: tests stay quick
 RETURNING = {"modalities": ["image", "image", "audio"]}  # image, then image again (new classes), then audio

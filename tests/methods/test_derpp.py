@@ -4,7 +4,7 @@ import torch
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
 from mmcl.methods.derpp import LogitReservoir
-from tests.conftest import tiny_cfg
+from tests.harness import tiny_cfg
 
 
 def _method(**hp):

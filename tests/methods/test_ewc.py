@@ -1,12 +1,19 @@
-"""ewc: a Fisher-weighted quadratic pull towards the parameters of the end of the previous experience."""
+"""ewc: a Fisher-weighted pull towards the previous experience's parameters, in both settings (modality, scenario).
+
+The anchor is the model of the end of the previous experience. Modality setting: the Fisher, the penalty
+and forgetting on the synthetic stream. Scenario setting (at the end): the Fisher over the LoRA / projector
+parameters on tiny msvqa-mini streams, kept near the anchor against a `finetune` twin, and exact resume.
+"""
 import io
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
-from tests.conftest import tiny_cfg
+from mmcl.methods.ewc import EWC
+from tests.harness import copy_weights, pair, resume_equals_uninterrupted, tiny_cfg, train_step, trained
 
 
 # Overlapping classes: on the default, well separated synthetic stream the model becomes certain of
@@ -187,3 +194,33 @@ def test_ewc_runs_in_the_engine_and_forgets_less_than_finetune(tmp_path):
     ft = run(_cfg("finetune"), tmp_path / "ft")["summary"]["modality_agnostic"]
     ewc = run(_cfg("ewc"), tmp_path / "ewc")["summary"]["modality_agnostic"]
     assert ewc["bwt"] > ft["bwt"] + 0.1
+
+
+# -- scenario setting ---------------------------------------------------------------------
+@pytest.mark.usefixtures("one_thread")
+def test_ewc_fisher_is_nonzero_and_the_penalty_holds_parameters_near_the_anchor():
+    stream, m, ft = pair({"name": "ewc", "ewc_lambda": 1e6})
+    assert m.hp.fisher_batch_size >= 1
+    train_step(m, stream[0])
+    names = set(trained(m))
+    assert set(m.fisher) == names == set(m.anchor)
+    assert any("lora_" in n for n in names) and any("multi_modal_projector" in n for n in names)
+    total = sum(f.sum() for f in m.fisher.values())
+    assert total > 0 and all((f >= 0).all() for f in m.fisher.values())
+    assert m.penalty().item() == 0.0  # at the anchor
+    copy_weights(m, ft)
+    anchor, fisher = dict(m.anchor), dict(m.fisher)
+    for x in (m, ft):
+        torch.manual_seed(0)
+        train_step(x, stream[1])
+    assert any(not torch.equal(m.anchor[n], anchor[n]) for n in anchor)  # consolidated again after step 2
+    moved_ewc = {n: p - anchor[n] for n, p in trained(m).items()}
+    moved_ft = {n: p - anchor[n] for n, p in trained(ft).items()}
+    weighted = lambda d: sum((fisher[n] * v ** 2).sum() for n, v in d.items()).item()  # noqa: E731
+    assert 0 < weighted(moved_ewc) < 0.5 * weighted(moved_ft)
+    assert sum(v.pow(2).sum() for v in moved_ewc.values()) < sum(v.pow(2).sum() for v in moved_ft.values())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ewc_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    resume_equals_uninterrupted(tmp_path, monkeypatch, EWC, {"name": "ewc"})

@@ -1,9 +1,13 @@
-"""joint: trains on the union of everything seen so far (upper reference)."""
+"""joint: trains on the union of everything seen so far (upper reference), in both settings.
+
+A scenario-setting run through `mmcl run` is in
+tests/scenario/test_scenario_engine.py::test_llava_json_benchmark_runs_a_user_stream.
+"""
 import torch
 
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
-from tests.conftest import tiny_cfg
+from tests.harness import cfg_for, tiny_cfg
 
 
 def test_training_data_is_the_union_so_far():
@@ -54,3 +58,17 @@ def test_a_bad_budget_is_rejected_when_the_config_is_loaded():
     with pytest.raises(ConfigError, match="method.budget"):
         load_config("msvqa-mini-joint", ["method.budget=steps"])
     assert load_config("msvqa-mini-joint", ["method.budget=union"])["method"]["budget"] == "union"
+
+
+# -- scenario setting ---
+def test_joint_scenario_draws_a_step_sized_sample_of_the_union():
+    cfg = cfg_for({"name": "joint"})
+    assert cfg["method"]["budget"] == "step"  # the scenario default: the same compute as a continual method
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    first, second = m.training_data(stream[0]), m.training_data(stream[1])
+    assert first.questions == stream[0].train.questions  # one step: ordinary training
+    assert len(second) == len(stream[1].train)
+    ids = set(second.ids)
+    assert ids & set(stream[0].train.ids) and ids & set(stream[1].train.ids)  # both steps' questions
+    assert build_method(stream, cfg).training_data(stream[1]).ids == second.ids  # seeded: the same on resume

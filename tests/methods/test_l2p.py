@@ -6,7 +6,7 @@ import torch
 
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
-from tests.conftest import run_experience, tiny_token_cfg, train_steps
+from tests.harness import run_experience, tiny_token_cfg, train_steps
 
 SMALL = {"train_per_class": 24, "test_per_class": 12}  # 3 modalities x 2 classes, fast
 HP = {"pool_size": 6, "length": 2, "top_n": 2}  # small pool: 4 prompt tokens per sample

@@ -1,12 +1,18 @@
-"""lwf: distillation from a frozen copy of the previous model, over the previously seen classes."""
+"""lwf: distillation from a frozen copy of the previous model, tested in both settings (modality and scenario).
+
+Modality setting: distillation over the previously seen classes' logits on the synthetic stream. Scenario
+setting (at the end): distillation on answer tokens on tiny msvqa-mini streams, and exact resume.
+"""
 import io
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, run
-from tests.conftest import tiny_cfg
+from mmcl.methods.lwf import LwF
+from tests.harness import copy_weights, pair, resume_equals_uninterrupted, tiny_cfg, train_step, train_steps
 
 
 def _method(name="lwf", **hp):
@@ -164,3 +170,43 @@ def test_lwf_forgets_less_than_finetune(tmp_path):
     lwf = run(tiny_cfg("lwf"), tmp_path / "lwf")["summary"]["modality_agnostic"]
     assert lwf["forgetting"] < ft["forgetting"] - 0.1
     assert lwf["last_acc"] > ft["last_acc"] + 0.05
+
+
+# -- scenario setting ---------------------------------------------------------------------
+def answer_kl(m, teacher, batch) -> float:
+    """Mean over answer tokens of KL(teacher || model) at T = 1."""
+    with torch.no_grad():
+        tokens = m.model.batch(batch["images"], batch["questions"], batch["answers"])
+        s, _ = m.model.answer_logits(tokens)
+        t, _ = teacher.answer_logits(tokens)
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), reduction="batchmean", log_target=True).item()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lwf_distils_the_previous_model_on_answer_tokens():
+    stream, m, ft = pair({"name": "lwf", "alpha": 100.0})
+    batch = next(stream[0].train.batches(8))
+    m.begin_experience(stream[0])
+    assert set(m.loss_terms(batch)) == {"ce"}  # first step: no teacher
+    train_step(m, stream[0])
+    copy_weights(m, ft)
+    m.experience = ft.experience = stream[1]
+    m.before_experience(stream[1])
+    assert m.teacher is not m.model and not any(p.requires_grad for p in m.teacher.parameters())
+    batch = next(stream[1].train.batches(8))
+    terms = m.loss_terms(batch)
+    assert abs(terms["kd"].item()) < 1e-6  # the student is the teacher
+    assert torch.allclose(terms["ce"], ft.training_loss(batch))
+    for x in (ft, m):  # 8 steps (4 epochs) at a high learning rate, from the same weights on the same batches
+        train_steps(x, stream[1], 8, torch.optim.Adam(x.param_groups(), lr=1e-2))
+    # on the questions it distils (the step's training data) the student stays closer to the teacher
+    ft_kl, lwf_kl = (answer_kl(x, m.teacher, next(stream[1].train.batches(15))) for x in (ft, m))
+    assert ft_kl > 0 and lwf_kl < 0.5 * ft_kl
+    t = m.loss_terms(batch)
+    assert t["kd"].item() > 0
+    assert torch.allclose(m.training_loss(batch), t["ce"] + 100.0 * 2.0 ** 2 * t["kd"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lwf_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    resume_equals_uninterrupted(tmp_path, monkeypatch, LwF, {"name": "lwf"})

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mmcl.settings import build_stream
 from mmcl.engine import build_method, make_optimizer, run
 from mmcl.stream import TensorSet
-from tests.conftest import tiny_cfg, tiny_token_cfg
+from tests.harness import tiny_cfg, tiny_token_cfg
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

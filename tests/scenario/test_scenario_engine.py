@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,60 +10,12 @@ import torch
 from PIL import Image
 
 from mmcl import cli
-from mmcl.config import BASE, ConfigError, deep_merge, load_config, validate
+from mmcl.config import ConfigError, load_config
 from mmcl.settings import build_stream
 from mmcl.data.msvqa import STREAM_SCENARIOS
 from mmcl.engine import Interrupted, run
 from mmcl.methods.finetune import Finetune
-from tests.conftest import metrics_without_timing, write_cfg
-
-TINY_VLM = {"preset": "tiny", "image_size": 32, "patch_size": 16, "lm_dim": 64, "lm_layers": 1,
-            "vision_dim": 32, "vision_layers": 1}
-
-
-def scenario_cfg(method: str = "finetune", /, **sections) -> dict:
-    """A validated scenario config: msvqa-mini with 5 train / 5 test images per scenario, a tiny model."""
-    cfg = deep_merge(BASE, {
-        "setting": "scenario",
-        "benchmark": {"name": "msvqa-mini", "train_images": 5, "test_images": 5, "questions_per_image": 3},
-        "method": {"name": method},
-        "vlm": TINY_VLM,
-        "base": {"epochs": 2, "lr": 3e-3, "batch_size": 16},
-        "train": {"epochs": 1, "batch_size": 16, "lr": 3e-3},
-        "eval": {"batch_size": 32, "max_new_tokens": 8},
-        "logging": {"progress": False},
-        "report": False,
-    })
-    if "benchmark" in sections:  # another benchmark's keys replace msvqa-mini's
-        cfg["benchmark"] = sections.pop("benchmark")
-    return validate(deep_merge(cfg, sections))
-
-
-def train_step(m, exp, lr: float = 3e-3, batch_size: int = 8) -> None:
-    """What the engine does for one experience: one epoch in stored order, a fresh Adam."""
-    m.begin_experience(exp)
-    opt = torch.optim.Adam(m.param_groups(), lr=lr)
-    for batch in exp.train.batches(batch_size):
-        loss = m.training_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    m.after_experience(exp)
-
-
-def sigterm_at_loss(monkeypatch, cls, n: int):
-    """The n-th call of `cls.training_loss` first sends SIGTERM to this process (an interruption
-    in the middle of a step); returns the original method, to restore before resuming."""
-    original, calls = cls.training_loss, {"n": 0}
-
-    def loss_then_sigterm(self, batch):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch)
-
-    monkeypatch.setattr(cls, "training_loss", loss_then_sigterm)
-    return original
+from tests.harness import TINY_VLM, metrics_without_timing, scenario_cfg, sigterm_at_loss, write_cfg
 
 
 def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):

@@ -1,4 +1,7 @@
-"""`unifier` on tiny scenario streams: branches per scenario, VCC, no scenario id at test time, resume."""
+"""unifier: vision representation expansion plus a vision consistency constraint (scenario setting only).
+
+On tiny scenario streams: branches per scenario, VCC, no scenario id at test time, resume.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +14,7 @@ from mmcl.config import load_config
 from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.unifier import Unifier
-from tests.conftest import metrics_without_timing, write_cfg
-from tests.scenario.test_scenario_engine import scenario_cfg, sigterm_at_loss, train_step
+from tests.harness import metrics_without_timing, scenario_cfg, sigterm_at_loss, train_step, write_cfg
 
 
 def steps_cfg(**method):

@@ -1,4 +1,7 @@
-"""`olora` on tiny scenario streams: an adapter per step, earlier ones frozen, orthogonality, no step id, resume."""
+"""olora: orthogonal LoRA subspaces, one adapter per step (scenario setting only, the one it supports).
+
+On tiny scenario streams: an adapter per step, earlier ones frozen, orthogonality, no step id, resume.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +14,7 @@ from mmcl.config import load_config
 from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.olora import OLoRA
-from tests.conftest import metrics_without_timing, run_experience, train_steps, write_cfg
-from tests.scenario.test_scenario_engine import scenario_cfg, sigterm_at_loss
+from tests.harness import metrics_without_timing, run_experience, scenario_cfg, sigterm_at_loss, train_steps, write_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

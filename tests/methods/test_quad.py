@@ -1,4 +1,7 @@
-"""`quad` on tiny scenario streams: question-only memory, replay targets and attention maps of the previous model."""
+"""quad: question-only replay with attention distillation (scenario setting only, the one it supports).
+
+On tiny scenario streams: question-only memory, replay targets and attention maps of the previous model.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +14,7 @@ from mmcl.config import load_config
 from mmcl.settings import build_stream
 from mmcl.engine import Interrupted, build_method, run
 from mmcl.methods.quad import BLOCKS, Quad, attention_blocks
-from tests.conftest import metrics_without_timing, write_cfg
-from tests.scenario.test_scenario_engine import TINY_VLM, scenario_cfg, sigterm_at_loss, train_step
+from tests.harness import TINY_VLM, metrics_without_timing, scenario_cfg, sigterm_at_loss, train_step, write_cfg
 
 
 def steps_cfg(**method):
