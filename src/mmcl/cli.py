@@ -41,6 +41,8 @@ def _run(args) -> int:
     if main_rank:
         print()
         print(text_table(SUMMARY_HEADER, summary_rows(metrics, f"{metrics['benchmark']}/{metrics['method']}")))
+        for name, info in metrics.get("stages", {}).items():  # e.g. what the base model was trained on
+            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (list, dict))))
         t = metrics["timing"]
         print(f"\ntime {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s, "
               f"{t['samples_per_s'] or 0:.0f} samples/s)")
@@ -117,10 +119,12 @@ def _data(args) -> int:
     if args.benchmark == "msvqa-mini":
         return _data_msvqa(args)
     if args.benchmark != "mm5":
-        if Path(args.benchmark).suffix in (".yaml", ".yml"):
+        if Path(args.benchmark).suffix in (".yaml", ".yml") or args.benchmark in bundled_configs():
+            if load_config(args.benchmark, args.overrides)["setting"] == "scenario":
+                return _data_scenario(args)
             return _data_check(args)
-        raise ConfigError(f"mmcl data: 'mm5' and 'msvqa-mini' generate data, a stream YAML file is checked; "
-                          f"got '{args.benchmark}'")
+        raise ConfigError(f"mmcl data: 'mm5' and 'msvqa-mini' generate data, a config (bundled name or YAML file) "
+                          f"has its stream checked; got '{args.benchmark}'")
     cfg = load_config("mm5-er", args.overrides)
     p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
     rows = []
@@ -137,6 +141,42 @@ def _data(args) -> int:
 
     print()
     print(text_table(["modality", "classes", "train", "test", "size", "generated in", "sha256", "directory"], rows))
+    return 0
+
+
+def _data_scenario(args) -> int:
+    """Read and check a scenario config's data (no training); print its steps, images and questions."""
+    import json
+
+    from mmcl.report import text_table
+    from mmcl.settings import build_stream
+
+    cfg = load_config(args.benchmark, args.overrides)
+    stream = build_stream(cfg)
+
+    def counts(data) -> dict:
+        return {"images": len(set(data.image_index.tolist())), "questions": len(data),
+                "grounding": int(data.grounding.sum()), "boxes": sum(1 for b in data.boxes if b)}
+
+    summary = {"benchmark": cfg["benchmark"]["name"], "protocol": stream.info.get("protocol"),
+               "steps": [{"name": e.name, "scenario": e.scenario, "train": counts(e.train), "test": counts(e.test)}
+                         for e in stream],
+               "base": ({"scenario": stream.info.get("base_scenario"), **counts(stream.pretrain)}
+                        if stream.pretrain is not None else None),
+               "left_out": stream.info.get("left_out", {})}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    rows = [[s["name"], s["scenario"], *(str(s[k][c]) for k in ("train", "test") for c in ("images", "questions",
+                                                                                               "grounding"))]
+            for s in summary["steps"]]
+    print(text_table(["step", "scenario", "train img", "train q", "train grounding", "test img", "test q",
+                      "test grounding"], rows))
+    b = summary["base"]
+    print("\nbase model: " + (f"trained on scenario '{b['scenario']}' ({b['images']} images, {b['questions']} questions)"
+                              if b else "no base scenario: the model as built (set benchmark.base_scenario)"))
+    for split, per in summary["left_out"].items():
+        print(f"left out of {split} (scenarios that are not steps): " + ", ".join(f"{k} {v}" for k, v in per.items()))
     return 0
 
 
@@ -208,8 +248,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir")
     rp.set_defaults(fn=_report)
     d = sub.add_parser("data", help="generate and validate a benchmark's embedded data (mm5, msvqa-mini), or check the data "
-                                    "of a stream YAML file (decode, validate, encode; no training)")
-    d.add_argument("benchmark", help="mm5, msvqa-mini, or a YAML config such as my_stream.yaml")
+                                    "of a config (bundled name or YAML file: decode, validate, summarise; no training)")
+    d.add_argument("benchmark", help="mm5, msvqa-mini, or a config such as my_stream.yaml or msvqa-mini-finetune "
+                                     "benchmark.name=llava-json benchmark.train=... benchmark.test=...")
     d.add_argument("overrides", nargs="*", help="e.g. benchmark.data_seed=1")
     d.add_argument("--json", action="store_true", help="print each manifest as JSON")
     d.set_defaults(fn=_data)

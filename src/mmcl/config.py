@@ -258,16 +258,21 @@ def validate(cfg: dict) -> dict:
 
 
 def load_config(name_or_path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Base defaults <- YAML file (bundled name or path) <- `key=value` overrides; validated."""
+    """Base defaults <- YAML file (bundled name or path) <- `key=value` overrides; validated.
+
+    Naming another method or benchmark (`method=er`, `benchmark.name=llava-json`) drops the file's
+    other keys of that section: they belong to the file's own method or benchmark."""
     cfg = copy.deepcopy(BASE)
     cfg = deep_merge(cfg, read_yaml(find_config(name_or_path or DEFAULT_CONFIG)))
-    for item in overrides:
-        key, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides]
+    for key, value in parsed:  # first: sections whose method / benchmark is replaced
+        section = key if key in ("method", "benchmark") and isinstance(value, str) else \
+            key[: -len(".name")] if key in ("method.name", "benchmark.name") else None
+        if section and isinstance(cfg.get(section), dict) and cfg[section].get("name") != value:
+            cfg[section] = {"name": value}
+    for key, value in parsed:
         if key in ("method", "benchmark") and isinstance(value, str):
-            # `method=er`: shorthand for another method; the file's hyper-parameters of its own method go
-            if cfg.get(key, {}).get("name") != value:
-                cfg[key] = {"name": value}
-            continue
+            continue  # `method=er`: shorthand for method.name=er, applied above
         set_dotted(cfg, key, value)
     return validate(cfg)
 

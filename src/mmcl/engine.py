@@ -125,6 +125,7 @@ class Engine:
         self.method = build_method(self.stream, cfg, setting)
         self.method.distribute()
         self.evaluator = setting.evaluator()
+        self.notes: dict = {}  # the last evaluation's notes (EvalResult.notes)
         self.rows = {name: [] for name in setting.matrices}
         self.baseline: dict[str, list] | None = None
         self.pos = Position()
@@ -264,7 +265,8 @@ class Engine:
             if result.predictions is not None and after == len(self.stream) - 1 and self.cfg["eval"].get("predictions"):
                 atomic_write_text(self.run_dir.path / "predictions.jsonl",
                                   "".join(json.dumps(r) + "\n" for r in result.predictions))
-            self.events.log("eval", after=after, eval_s=round(dt, 4), **row)
+            self.events.log("eval", after=after, eval_s=round(dt, 4), **row, **result.notes)
+            self.notes = result.notes  # of the last evaluation, into metrics.json
         return dist.broadcast_object(row)
 
     def _finish(self, t_start: float) -> dict:
@@ -273,6 +275,9 @@ class Engine:
         timing = {k: round(v, 4) for k, v in self.timing.items() if k != "train_samples"}
         timing["samples_per_s"] = round(self.timing["train_samples"] / self.timing["train_s"], 1) \
             if self.timing["train_samples"] and self.timing["train_s"] > 0 else None
+        # a matrix with no score at all (no test sample of its kind, e.g. no grounding question) is left out
+        rows = {n: A for n, A in self.rows.items() if any(v is not None for r in A for v in r)}
+        unscored = [n for n in self.rows if n not in rows]
         metrics = {
             "setting": self.setting.name,
             "benchmark": cfg["benchmark"]["name"],
@@ -280,13 +285,15 @@ class Engine:
             "seed": cfg["seed"],
             "world_size": dist.world(),
             "experiences": [e.describe(stream.class_names) for e in stream],
-            "matrices": self.rows,
-            "baseline": self.baseline,
-            "summary": {name: summarize(A, self.baseline[name]) for name, A in self.rows.items()},
+            "matrices": rows,
+            "baseline": {name: self.baseline[name] for name in rows},
+            "summary": {name: summarize(A, self.baseline[name]) for name, A in rows.items()},
+            "unscored": unscored,
+            "eval_notes": self.notes,
             "timing": timing,
             "stream_info": stream.info,
             "stages": self.stages,
-            **self.setting.extra_metrics(self.rows, stream),
+            **self.setting.extra_metrics(rows, stream),
         }
         self.run_dir.write_metrics(metrics, [e.name for e in stream])
         self.events.log("run_end", **timing)

@@ -13,6 +13,17 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def _short(v) -> str:
+    """A stage value for a table cell: numbers rounded, long lists cut."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) > 6:
+        return ", ".join(_short(x) for x in v[:3]) + f", ... ({len(v)} values), " + _short(v[-1])
+    if isinstance(v, list):
+        return ", ".join(_short(x) for x in v)
+    return str(v)
+
+
 def summary_rows(metrics: dict, label: str = "") -> list[list[str]]:
     rows = []
     for name, s in metrics["summary"].items():
@@ -88,9 +99,12 @@ def render(run_dir: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(m["matrices"]), figsize=(5.5 * len(m["matrices"]), 3.8), squeeze=False)
     for ax, (name, A) in zip(axes[0], m["matrices"].items()):
         xs = list(range(1, T + 1))
-        for j in range(T):
-            ax.plot(xs[j:], [A[i][j] for i in range(j, T)], marker="o", ms=3, lw=1, label=names[j])
-        ax.plot(xs, [sum(A[i][: i + 1]) / (i + 1) for i in range(T)], "k--", lw=2, label="mean over seen")
+        nan = float("nan")
+        for j in range(T):  # a cell without a score (no questions of the kind in that step) is a gap
+            ax.plot(xs[j:], [nan if A[i][j] is None else A[i][j] for i in range(j, T)], marker="o", ms=3, lw=1,
+                    label=names[j])
+        seen = [[v for v in A[i][: i + 1] if v is not None] for i in range(T)]
+        ax.plot(xs, [sum(v) / len(v) if v else nan for v in seen], "k--", lw=2, label="mean over seen")
         ax.set_ylim(0, 1.02)
         ax.set_xticks(xs)
         ax.set_xlabel("after experience")
@@ -111,6 +125,15 @@ def render(run_dir: str | Path) -> Path:
         f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(b).decode()}"><figcaption>{n}</figcaption></figure>'
         for n, b in images)
     title = f"mmcl · {m['benchmark']} · {m['method']} · seed {m['seed']}"
+    unscored = "".join(f"<p>No <b>{html.escape(n)}</b> matrix: the test data have no sample of its kind.</p>"
+                       for n in m.get("unscored", []))
+    stages = "".join(f"<h2>Stage: {html.escape(name)}</h2><table>" + "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_short(v))}</td></tr>" for k, v in info.items())
+        + "</table>" for name, info in m.get("stages", {}).items())
+    unscored += stages
+    notes = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in m.get("eval_notes", {}).items())
+    if notes:
+        unscored += f"<p>Last evaluation: {html.escape(notes)}.</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
@@ -120,7 +143,7 @@ figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}</style></head><
 <h2>Summary</h2><table><tr>{head}</tr>{body}</table>
 <p>last_acc = mean of the last row; avg_inc_acc = mean over rows of the mean over trained columns; forgetting, bwt,
 fwt as defined in DESIGN.md section 4 (– = undefined for this stream).</p>
-<h2>Matrices and curves</h2>{imgs}
+{unscored}<h2>Matrices and curves</h2>{imgs}
 <h2>Experiences</h2><table><tr><th>#</th><th>name</th><th>modality / scenario</th><th>classes</th></tr>{exps}</table>
 </body></html>"""
     out = run.path / "report.html"

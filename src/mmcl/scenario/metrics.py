@@ -72,6 +72,7 @@ class ScenarioScorer:
     tp: int = 0
     n_pred_boxes: int = 0
     n_ref_boxes: int = 0
+    unparsed: int = 0  # grounding answers that are not empty yet hold no well-formed box list (scored as no box)
 
     def add(self, prediction: str, answer: str | Sequence[str], grounding: bool = False,
             boxes: Optional[Sequence[Sequence[float]]] = None) -> None:
@@ -82,6 +83,8 @@ class ScenarioScorer:
             return
         ref = [tuple(map(float, b)) for b in boxes] if boxes is not None else parse_boxes(answer)
         pred = parse_boxes(prediction)
+        if not pred and str(prediction).strip():
+            self.unparsed += 1
         self.n_grounding += 1
         self.tp += match_boxes(pred, ref)
         self.n_pred_boxes += len(pred)

@@ -20,7 +20,7 @@ method's idea really differs between settings it declares so in its own file.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ class EvalResult:
 
     rows: dict[str, list]
     predictions: list[dict] | None = None
+    notes: dict = field(default_factory=dict)  # counts worth reporting (e.g. answers that did not parse)
 
 
 class Evaluator:

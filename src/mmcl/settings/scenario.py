@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ class ScenarioEvaluator(Evaluator):
             self._answers = (digest, {})
         cache = self._answers[1]
         rows: dict[str, list] = {"vqa": [], "grounding_f1": []}
-        records = []
+        records, unparsed = [], 0
         bs = self.cfg["eval"]["batch_size"]
         for j, exp in enumerate(tqdm(stream, desc="evaluating", leave=False, disable=None if progress else True)):
             if j > after >= 0 and not self.cfg["eval"]["future"]:
@@ -74,10 +75,11 @@ class ScenarioEvaluator(Evaluator):
             scorer = ScenarioScorer().update(answers, test.answers, test.grounding.tolist())
             for name, v in scorer.result().items():
                 rows[name].append(v)
+            unparsed += scorer.unparsed
             records += [{"step": exp.name, "id": i, "scenario": sc, "question": q, "answer": a, "prediction": p}
                         for i, sc, q, a, p in zip(test.ids, test.scenarios, test.questions, test.answers, answers)]
         method.model.train()
-        return EvalResult(rows, records)
+        return EvalResult(rows, records, {"unparsed_box_answers": unparsed})
 
 
 def last_row_by_scenario(rows: dict[str, list], stream: Stream) -> dict[str, dict[str, float | None]]:
@@ -116,6 +118,7 @@ class ScenarioSetting(Setting):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self._base: tuple[int, dict, dict] | None = None  # (id of the pre-training data, weights, meta)
+        self._warned = False
 
     # -- config ---------------------------------------------------------------------------
     @classmethod
@@ -148,9 +151,22 @@ class ScenarioSetting(Setting):
 
     # -- stages ---------------------------------------------------------------------------
     def prepare(self, stream: Stream, progress: bool = False) -> dict:
-        """The base model: trained once on the stream's pre-training data (`stream.pretrain`) and cached."""
+        """The base model: trained once on the stream's pre-training data (`stream.pretrain`) and cached.
+
+        Without pre-training data the model starts as built; for the `tiny` preset (a random language
+        model) that is an untrained model, which is said loudly, with the fix."""
+        preset = str(self.cfg["vlm"]["preset"])
         if stream.pretrain is None or not len(stream.pretrain):
-            return {}
+            info = {"trained_on": None, "preset": preset}
+            if preset == "tiny":
+                info["warning"] = ("vlm.preset=tiny starts from a random language model and the benchmark has no base "
+                                   "scenario, so the stream trains an untrained model (expect empty answers and scores "
+                                   "near 0); set benchmark.base_scenario=<a scenario of the training data> to train the "
+                                   "base model on it first, or use a pretrained model (vlm.preset=hf:<dir>)")
+                if not self._warned:
+                    print(f"warning: {info['warning']}", file=sys.stderr, flush=True)
+                    self._warned = True
+            return {"base_model": info}
         if self._base is None or self._base[0] != id(stream.pretrain):
             from mmcl.scenario.base_model import base_weights
 
@@ -158,7 +174,8 @@ class ScenarioSetting(Setting):
             self._base = (id(stream.pretrain), state, meta)
         from mmcl.scenario.base_model import base_info
 
-        return {"base_model": base_info(self._base[2])}
+        return {"base_model": {"trained_on": stream.info.get("base_scenario"), "preset": preset,
+                               **base_info(self._base[2])}}
 
     # -- model ----------------------------------------------------------------------------
     def build_model(self, stream: Stream) -> nn.Module:

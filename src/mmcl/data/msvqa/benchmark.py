@@ -163,6 +163,32 @@ def build_msvqa_mini(p: MsvqaMiniParams, ctx: BuildContext) -> Stream:
     return build_steps(train, test, list(p.scenarios), ctx, pretrain, "msvqa-mini", info)
 
 
+def _counts(xs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def check_scenarios(train: list[Sample], test: list[Sample], scenarios: list[str], p: "LlavaJsonParams") -> None:
+    """Every test question belongs to a scenario of the training file; every step has test questions."""
+    import difflib
+
+    seen = list(dict.fromkeys(s.scenario for s in train))
+    for s in test:
+        if s.scenario not in seen:
+            close = difflib.get_close_matches(s.scenario, seen, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{p.test}: entry '{s.id.split('#')[0]}' has scenario '{s.scenario}', which no entry of "
+                              f"{p.train} has (scenarios: {', '.join(seen)}){hint}")
+    tested = {s.scenario for s in test}
+    for sc in scenarios:
+        if sc not in tested:
+            raise ConfigError(f"benchmark: scenario '{sc}' has training questions in {p.train} but none in {p.test}; "
+                              f"a step needs test questions: set benchmark.base_scenario={sc} to train the base model "
+                              f"on it instead, or list the stream's scenarios in benchmark.scenarios")
+
+
 @register_benchmark("llava-json", LlavaJsonParams)
 def build_llava_json(p: LlavaJsonParams, ctx: BuildContext) -> Stream:
     """llava-json: your own LLaVA-format train/test files (scenario and boxes fields optional)."""
@@ -178,10 +204,16 @@ def build_llava_json(p: LlavaJsonParams, ctx: BuildContext) -> Stream:
     if unknown:
         raise ConfigError(f"benchmark: scenario(s) {unknown} have no training questions in {p.train}; "
                           f"found: {', '.join(seen)}")
+    check_scenarios(train, test, scenarios, p)
     pretrain = [s for s in train if s.scenario == p.base_scenario] if p.base_scenario else []
     import hashlib
 
     digest = hashlib.sha256(Path(p.train).expanduser().read_bytes() + Path(p.test).expanduser().read_bytes())
     info = {"source": "LLaVA-format JSON", "train": str(p.train), "test": str(p.test),
             "sha256": digest.hexdigest(), "base_scenario": p.base_scenario}
+    left = {split: _counts(s.scenario for s in samples if s.scenario not in scenarios and
+                           not (split == "train" and s.scenario == p.base_scenario))
+            for split, samples in (("train", train), ("test", test))}
+    if any(left.values()):  # every question is used or reported: those of scenarios that are not steps
+        info["left_out"] = {k: v for k, v in left.items() if v}
     return build_steps(train, test, scenarios, ctx, pretrain, "llava-json", info)
