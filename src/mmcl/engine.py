@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,6 +99,7 @@ class Engine:
         dist.init()
         if cfg["threads"]:
             torch.set_num_threads(cfg["threads"])
+        self._made_dir = not Path(out).exists()  # a refused run removes the (empty) directory it made
         self.run_dir = RunDir(out, writer=dist.is_main())
         self.progress = bool(cfg["logging"]["progress"]) and dist.is_main()
 
@@ -178,7 +180,12 @@ class Engine:
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> dict:
         t_start = time.perf_counter()
-        self._setup()  # Ctrl-C during set-up simply aborts: there is nothing to save yet
+        try:
+            self._setup()  # Ctrl-C during set-up simply aborts: there is nothing to save yet
+        except BaseException:
+            if self._made_dir and self.run_dir.writer and not any(self.run_dir.path.iterdir()):
+                self.run_dir.path.rmdir()
+            raise
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.baseline is None:
