@@ -123,3 +123,11 @@ def test_malformed_box_answers_are_counted():
     s = ScenarioScorer().update(["[, 61, 61, 33 ]", "[10,10,50,50]", ""], ["[10,10,50,50]"] * 3, [True] * 3)
     assert s.unparsed == 1  # an empty answer is no box, not a malformed one
     assert s.result()["grounding_f1"] == pytest.approx(0.5)  # 1 of 3 reference boxes found, 1 box predicted
+
+
+def test_a_refused_run_leaves_no_directory_behind(tmp_path, capsys):
+    train, test = make_data(tmp_path / "d", typo="nigth")
+    out = tmp_path / "never"
+    assert cli.main(["run", "msvqa-mini-finetune", "benchmark.name=llava-json", f"benchmark.train={train}",
+                     f"benchmark.test={test}", "benchmark.base_scenario=ground", "--out", str(out)]) == 2
+    assert "did you mean 'night'" in capsys.readouterr().err and not out.exists()
