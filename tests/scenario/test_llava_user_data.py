@@ -131,3 +131,13 @@ def test_a_refused_run_leaves_no_directory_behind(tmp_path, capsys):
     assert cli.main(["run", "msvqa-mini-finetune", "benchmark.name=llava-json", f"benchmark.train={train}",
                      f"benchmark.test={test}", "benchmark.base_scenario=ground", "--out", str(out)]) == 2
     assert "did you mean 'night'" in capsys.readouterr().err and not out.exists()
+
+
+def test_protocols_named_by_what_they_are(tmp_path):
+    train, test = make_data(tmp_path / "d", n_train=5, n_test=5)
+    b = bench(train, test, base_scenario="ground")
+    s = build_stream(scenario_cfg(benchmark=b, stream={"protocol": "per-scenario"}))
+    assert [e.name for e in s] == ["day", "night"] and s.info["steps"] == 2
+    assert [e.name for e in build_stream(scenario_cfg(benchmark=b))] == ["day", "night"]  # 4-step: MSVQA's name
+    s = build_stream(scenario_cfg(benchmark=b, stream={"protocol": "per-subtask"}))
+    assert s.info["steps"] == 10 and [e.name for e in s][:3] == ["day/1", "night/1", "day/2"]

@@ -98,7 +98,9 @@ class ScenarioSetting(Setting):
     matrices = ("vqa", "grounding_f1")
     schema = {
         "stream": {
-            "protocol": "4-step",  # 4-step: one step per scenario | 20-step: each scenario in 5 disjoint sub-tasks, interleaved
+            # 4-step / per-scenario: one step per scenario | 20-step / per-subtask: each scenario in 5 disjoint
+            # sub-tasks, interleaved (MSVQA's names count its four scenarios; the others fit any number)
+            "protocol": "4-step",
         },
         "base": {  # the base model: trained once (lm_train=full) on the benchmark's pre-training scenario, cached
             "epochs": 12,
@@ -111,7 +113,7 @@ class ScenarioSetting(Setting):
             "predictions": True,  # write predictions.jsonl (every answer of the last evaluation)
         },
     }
-    choices = {"stream.protocol": ("4-step", "20-step")}
+    choices = {"stream.protocol": ("4-step", "20-step", "per-scenario", "per-subtask")}
     distributed = False  # runs in one process for now
     replay_group = "step"
 

@@ -3,9 +3,9 @@
 Both turn `Sample` records into a `Stream` of steps whose data are `SampleSet`s (images decoded
 once, resized to the model's input side for the presets). Protocols (`stream.protocol`):
 
-- `4-step`: one step per scenario, in `benchmark.scenarios` order (`stream.order=random`: a
+- `4-step` (any number of scenarios: `per-scenario`): one step per scenario, in `benchmark.scenarios` order (`stream.order=random`: a
   seeded permutation);
-- `20-step`: every scenario's images are split into 5 disjoint sub-tasks (a seeded partition,
+- `20-step` (`per-subtask`): every scenario's images are split into 5 disjoint sub-tasks (a seeded partition,
   of training and of test images), and the steps interleave the scenarios in 5 rounds, so
   every scenario recurs: round r holds sub-task r of every scenario, in scenario order
   (`stream.order=random`: a seeded permutation per round).
@@ -32,6 +32,10 @@ from mmcl.data.msvqa.scenes import GROUND_KINDS
 from mmcl.stream import Experience, SampleSet, Stream
 
 SUBTASKS = 5  # sub-tasks per scenario in the 20-step protocol (DESIGN.md section 3)
+#: protocols of one step per scenario; the others split each scenario into SUBTASKS sub-tasks. MSVQA's names
+#: (4-step, 20-step) count its four scenarios; per-scenario / per-subtask say the same for any number.
+PER_SCENARIO = ("4-step", "per-scenario")
+PROTOCOLS = ("4-step", "20-step", "per-scenario", "per-subtask")
 
 
 @dataclass
@@ -120,7 +124,7 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
         scenarios = [scenarios[i] for i in rng.permutation(len(scenarios))]
     by = lambda xs, sc: [s for s in xs if s.scenario == sc]  # noqa: E731
     steps: list[tuple[str, str, list[Sample], list[Sample], dict]] = []
-    if protocol == "4-step":
+    if protocol in PER_SCENARIO:
         for sc in scenarios:
             steps.append((sc, sc, by(train, sc), by(test, sc), {}))
     else:
@@ -143,7 +147,7 @@ def build_steps(train: list[Sample], test: list[Sample], scenarios: list[str], c
     exps = [Experience(i, n, sample_set(tr, images, where), sample_set(te, images, where), scenario=sc,
                        info={**extra, "train": len(tr), "test": len(te)})
             for i, (n, sc, tr, te, extra) in enumerate(steps)]
-    info = {**info, "protocol": protocol, "order": [e.name for e in exps], "order_seed": ctx.order_seed,
+    info = {**info, "protocol": protocol, "steps": len(exps), "order": [e.name for e in exps], "order_seed": ctx.order_seed,
             "scenarios": scenarios, "pretrain_questions": len(pretrain)}
     return Stream(name, exps, info=info,
                   pretrain=sample_set(pretrain, images, where) if pretrain else None)
