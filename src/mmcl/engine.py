@@ -12,6 +12,7 @@ import json
 import math
 import platform
 import random
+import shutil
 import signal
 import sys
 import time
@@ -29,7 +30,7 @@ from mmcl.config import diff_keys
 from mmcl.errors import ConfigError, DataError
 from mmcl.methods import METHODS, Method
 from mmcl.metrics import SUMMARY_KEYS, summary
-from mmcl.results import EventLog, RunDir, atomic_write_text
+from mmcl.results import LOCK, MARKER, EventLog, RunDir, atomic_write_text, check_out_dir
 from mmcl.settings import Setting, make_setting
 from mmcl.stream import Stream
 
@@ -156,7 +157,7 @@ class Engine:
                 atomic_write_text(self.run_dir.path / "data_errors.txt", lines)
         self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
         if state is not None:
-            self.events.log("resume", position=vars(self.pos))
+            self.events.log("resume", position=vars(self.pos), events_repaired=self.events.repaired)
         else:
             for name, info in self.stages.items():
                 self.events.log("stage", name=name, **info)
@@ -180,11 +181,14 @@ class Engine:
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> dict:
         t_start = time.perf_counter()
+        self.run_dir.claim()  # one run per directory at a time
         try:
             self._setup()  # Ctrl-C during set-up simply aborts: there is nothing to save yet
         except BaseException:
-            if self._made_dir and self.run_dir.writer and not any(self.run_dir.path.iterdir()):
-                self.run_dir.path.rmdir()
+            self.run_dir.release()
+            path = self.run_dir.path
+            if self._made_dir and self.run_dir.writer and {f.name for f in path.iterdir()} <= {MARKER, LOCK}:
+                shutil.rmtree(path)  # a refused run leaves nothing behind
             raise
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -197,6 +201,7 @@ class Engine:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.run_dir.release()
 
     def _experience(self, i: int, t_start: float) -> None:
         cfg, method, exp = self.cfg, self.method, self.stream[i]
@@ -326,6 +331,8 @@ def run(cfg: dict, out: str, resume: bool = False) -> dict:
         bad = diff_keys(stored, cfg)
         if bad:
             raise ConfigError(f"config differs from the run being resumed in {out} at key '{bad[0]}'")
+    else:
+        check_out_dir(Path(out))
     return Engine(cfg, out, resume).run()
 
 

@@ -52,14 +52,67 @@ def matrix_csv(matrix: list[list[float | None]], names: list[str]) -> str:
     return buf.getvalue()
 
 
+MARKER = ".mmcl-run"  # in every run directory (what --force may replace); locked (flock) by the process running
+LOCK = MARKER  # there, and holding its pid
+
+
+def is_run_dir(path: Path) -> bool:
+    """True if `path` holds an mmcl run (its marker, or the config / checkpoint of a run made before the marker)."""
+    path = Path(path)
+    return (path / MARKER).exists() or (path / "config.yaml").is_file() or (path / CHECKPOINT).is_file()
+
+
+def check_out_dir(path: Path) -> None:
+    """Refuse an output path that is a file, lies under a file, or is a non-empty folder that is not a run."""
+    from mmcl.errors import ConfigError
+
+    path = Path(path)
+    for p in [path, *path.parents]:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--out {path}: {p} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):
+        raise ConfigError(f"--out {path}: the folder is not empty and holds no mmcl run; choose another --out "
+                          f"(nothing in it was changed)")
+
+
 class RunDir:
     """One run's directory: config, metrics, matrices, events, report, checkpoints."""
 
     def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer  # only rank 0 writes under torchrun
+        self._lock = None
         if writer:
             self.path.mkdir(parents=True, exist_ok=True)
+
+    def claim(self) -> None:
+        """Mark the directory as a run and hold its lock until the process ends (or `release`); a second
+        process gets ConfigError naming the holder's pid."""
+        if not self.writer:
+            return
+        import fcntl
+
+        from mmcl.errors import ConfigError
+
+        f = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise ConfigError(f"{self.path} is in use by another mmcl run (pid {holder}); wait for it to end, "
+                              f"or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock = f
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
 
     def clear(self) -> None:
         """Remove the files of an earlier run in this directory (starting over with --force)."""
@@ -124,20 +177,33 @@ class RunDir:
             raise ValueError(f"{p} is not a readable mmcl checkpoint ({type(e).__name__}: {e})") from None
 
 
+def _parses(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 class EventLog:
     """events.jsonl (always) and TensorBoard scalars (optional); one JSON object per event."""
 
     def __init__(self, run: RunDir, tensorboard: bool = False, truncate_to: int | None = None):
         self.path = run.path / "events.jsonl"
         self.enabled = run.writer
+        self.repaired = False  # resume found events.jsonl damaged and kept its complete lines
         self._f = None
         self._tb = None
         if not self.enabled:
             return
         if truncate_to is not None and self.path.exists():
-            # drop events logged after the checkpoint we resume from: they will be logged again
-            with open(self.path, "r+b") as f:
-                f.truncate(truncate_to)
+            # drop events logged after the checkpoint we resume from (they will be logged again); a file
+            # that lost bytes since (truncated, or cut by a full disk) keeps its complete lines only
+            data = self.path.read_bytes()[:truncate_to]
+            cut = data.rfind(b"\n") + 1 if not data.endswith(b"\n") else len(data)
+            lines = [ln for ln in data[:cut].split(b"\n") if ln.strip()]
+            good = [ln for ln in lines if _parses(ln)]
+            self.repaired = len(data) != truncate_to or cut != len(data) or len(good) != len(lines)
+            atomic_write_bytes(self.path, b"".join(ln + b"\n" for ln in good))
         self._f = open(self.path, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

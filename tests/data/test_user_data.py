@@ -420,7 +420,7 @@ def test_mmcl_run_on_a_user_stream_and_a_failing_one(tree, tmp_path, capsys):
         assert main(["run", str(tmp_path / "my_stream.yaml"), "--out", str(tmp_path / "failed")]) == 2
         err = capsys.readouterr().err
         assert f"\n  {bad}: truncated WAV: header declares" in err and "data_errors.txt" in err
-        assert sorted(os.listdir(tmp_path / "failed")) == ["data_errors.txt"]
+        assert sorted(f for f in os.listdir(tmp_path / "failed") if not f.startswith(".")) == ["data_errors.txt"]
         assert (tmp_path / "failed" / "data_errors.txt").read_text().startswith(f"{bad}: truncated WAV")
     finally:
         bad.unlink()
