@@ -57,6 +57,18 @@ BASE: dict[str, Any] = {
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
 }
 
+#: The allowed range of every numeric shared key (">=1", ">0", "[0,1)", ...), checked when the config
+#: loads; settings, benchmarks and methods declare theirs in a `ranges` attribute of the same form.
+RANGES = {
+    "seed": ">=0", "stream.order_seed": ">=0",
+    "train.epochs": ">=1", "train.batch_size": ">=1", "train.lr": ">0", "train.momentum": "[0,1)",
+    "train.weight_decay": ">=0",
+    "eval.batch_size": ">=1", "eval.val_fraction": "(0,1)",
+    "logging.log_every": ">=1", "threads": ">=0",
+}
+#: Keys whose default is None, with the type a value must have.
+NULLABLE = {"stream.order_seed": 0}
+
 #: Keys whose value may differ between a run and its resumption.
 RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
 
@@ -102,9 +114,22 @@ def bundled_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping with a key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -144,8 +169,29 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def in_range(value, spec: str) -> bool:
+    """`value` satisfies `spec`: ">=a", ">a", "<=a", "<a", or an interval "[a,b]", "(a,b)", "[a,b)", "(a,b]"."""
+    spec = spec.replace(" ", "")
+    for op in (">=", "<=", ">", "<"):
+        if spec.startswith(op):
+            x = float(spec[len(op):])
+            return {">=": value >= x, "<=": value <= x, ">": value > x, "<": value < x}[op]
+    lo, hi = (float(v) for v in spec[1:-1].split(","))
+    return (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
+
+
+def check_ranges(resolved: dict[str, Any], ranges: dict[str, str]) -> None:
+    for key, spec in ranges.items():
+        v = resolved.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not in_range(v, spec):
+            what = f"in {spec}" if spec[0] in "[(" else f"{spec.rstrip('0123456789.-')} {spec.lstrip('<>=')}"
+            raise ConfigError(f"config key '{key}' must be {what}, got {v!r}")
+
+
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check `value` against the type of `default`; ints are accepted where floats are expected."""
+    if default is None and value is not None and key in NULLABLE:
+        default = NULLABLE[key]
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -250,6 +296,11 @@ def validate(cfg: dict) -> dict:
     out: dict = {}
     for key, default in schema.items():
         set_dotted(out, key, copy.deepcopy(resolved.get(key, default)))
+    full = flatten(out)
+    check_ranges(full, {**RANGES, **setting.ranges,
+                        **{f"benchmark.{k}": v for k, v in
+                           getattr(benchmark_params(out["benchmark"]["name"]), "ranges", {}).items()},
+                        **{f"method.{k}": v for k, v in METHODS[cfg["method"]["name"]].ranges.items()}})
     setting.check(out)
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)

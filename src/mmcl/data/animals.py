@@ -38,6 +38,8 @@ CLASS_NAMES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "hors
 
 @dataclass
 class AnimalsParams:
+    ranges = {"classes_per_experience": ">=1", "train_per_class": "[1,1000]", "test_per_class": "[1,1000]",
+              "image_size": ">=8", "split_seed": ">=0"}
     classes_per_experience: int = 2  # 10 classes / 2 = 5 experiences
     train_per_class: int = 800  # of 1,000 images per class
     test_per_class: int = 200

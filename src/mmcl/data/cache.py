@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
-from mmcl.results import atomic_write_bytes
+from mmcl.results import atomic_write_bytes, atomic_write_text
 
 
 def digest(*parts) -> str:
@@ -30,12 +31,25 @@ def digest(*parts) -> str:
 
 
 def cached_tensors(path: Path, compute) -> dict[str, torch.Tensor]:
-    """Load `path` if present and readable, otherwise compute, store atomically, return."""
+    """Load `path` if present and intact, otherwise compute, store atomically, return.
+
+    Every entry is stored with the sha256 of its bytes beside it (`<name>.sha256`) and checked on load:
+    an entry changed since it was written (or written before the check existed) is recomputed, with
+    a line on stderr, never used as it is."""
+    sidecar = path.with_name(path.name + ".sha256")
     if path.is_file():
-        try:
-            return load_file(str(path))
-        except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed, not fatal
-            path.unlink(missing_ok=True)
+        data = path.read_bytes()
+        expected = sidecar.read_text().strip() if sidecar.is_file() else None
+        if expected == hashlib.sha256(data).hexdigest():
+            try:
+                return load(data)
+            except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed, not fatal
+                pass
+        why = "changed since it was written" if expected else "has no checksum"
+        print(f"mmcl: cache entry {path} {why}: recomputing it", file=sys.stderr, flush=True)
+        path.unlink(missing_ok=True)
     tensors = {k: v.contiguous() for k, v in compute().items()}
-    atomic_write_bytes(path, save(tensors))
+    data = save(tensors)
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar, hashlib.sha256(data).hexdigest() + "\n")
     return tensors

@@ -24,6 +24,8 @@ from mmcl.stream import MODALITIES, Experience, Stream, TensorSet
 
 @dataclass
 class SyntheticParams:
+    ranges = {"num_experiences": ">=1", "classes_per_experience": ">=1", "dim": ">=1", "anchor_dim": ">=1",
+              "train_per_class": ">=1", "test_per_class": ">=1", "separation": ">=0", "data_seed": ">=0", "tokens": ">=0"}
     num_experiences: int = 3
     classes_per_experience: int = 2
     dim: int = 32  # feature dimension

@@ -60,6 +60,8 @@ class Method:
     #: hyper-parameters with a closed set of values: name -> allowed values (checked when the config
     #: is loaded, and again here for a method built directly)
     choices: dict[str, tuple] = {}
+    #: allowed ranges of numeric hyper-parameters: name -> ">=0", "(0,1]", ... (checked when the config loads)
+    ranges: dict[str, str] = {}
     #: hyper-parameter defaults that differ in a setting: setting -> {name: value}
     setting_defaults: dict[str, dict] = {}
     #: candidates `mmcl sweep` tries on validation data, per setting: setting -> {name: [v1, v2, v3]}

@@ -75,6 +75,8 @@ class Setting:
     drops: tuple[str, ...] = ()
     #: closed sets of values of this setting's keys: dotted key -> allowed values
     choices: dict[str, tuple] = {}
+    #: allowed ranges of this setting's numeric keys: dotted key -> ">=1", ">0", "[0,1)", ... (mmcl.config.in_range)
+    ranges: dict[str, str] = {}
     #: a setting that differs from another only in how it is scored (say) names it here: it then accepts
     #: that setting's benchmarks and methods
     variant_of: str | None = None

@@ -84,6 +84,8 @@ class ModalitySetting(Setting):
         },
     }
     choices = {"data.on_error": ("fail", "skip")}
+    ranges = {"stream.experiences_per_modality": ">=1", "model.hidden_dim": ">=1", "model.backbone_layers": ">=1",
+              "model.prompt_length": ">=0", "model.logit_scale": ">0"}
 
     @classmethod
     def check(cls, cfg: dict) -> None:

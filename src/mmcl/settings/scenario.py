@@ -114,6 +114,8 @@ class ScenarioSetting(Setting):
         },
     }
     choices = {"stream.protocol": ("4-step", "20-step", "per-scenario", "per-subtask")}
+    ranges = {"base.epochs": ">=0", "base.lr": ">0", "base.batch_size": ">=1", "base.region_weight": ">=0",
+              "eval.max_new_tokens": ">=1"}
     distributed = False  # runs in one process for now
     replay_group = "step"
 

@@ -49,6 +49,7 @@ WIDTH = 1280  # token feature width (MiniLM's 384-d text tokens are zero-padded)
 
 @dataclass
 class MM5Params:
+    ranges = {"train_per_class": ">=1", "test_per_class": ">=1", "data_seed": ">=0"}
     modalities: list = field(default_factory=lambda: list(MODALITIES))  # default order
     train_per_class: int = 100
     test_per_class: int = 50

@@ -41,6 +41,8 @@ PROTOCOLS = ("4-step", "20-step", "per-scenario", "per-subtask")
 @dataclass
 class MsvqaMiniParams:
     """msvqa-mini: the embedded multi-scenario VQA + grounding benchmark (see mmcl.data.msvqa)."""
+    ranges = {"data_seed": ">=0", "train_images": ">=1", "test_images": ">=1", "questions_per_image": ">=1",
+              "base_images": ">=0"}
 
     setting = "scenario"
     data_seed: int = 0  # seed of the generated images and questions
