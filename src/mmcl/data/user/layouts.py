@@ -258,6 +258,7 @@ def _split_value(v) -> tuple[str | None, str | None]:
 
 def scan_manifest(src: SourceSpec, modality: str) -> Scan:
     entries = []
+    listed: dict[Path, str] = {}  # each file's first manifest row
     for forced, mpath in src.manifest.items():
         key = src.key + ".manifest" + (f".{forced}" if forced else "")
         base = src.root or mpath.parent
@@ -298,6 +299,10 @@ def scan_manifest(src: SourceSpec, modality: str) -> Scan:
                 else:
                     e.path = Path(p) if Path(p).is_absolute() else base / p
                     e.where = str(e.path)
+                    row_id = f"{mpath}:{line}"
+                    first = listed.setdefault(e.path.resolve(), row_id)
+                    if first != row_id:  # the same file twice could land in train and test, or in two classes
+                        raise ConfigError(f"{key}: {p} is listed twice ({first} and {row_id}); list every file once")
                     if not e.path.is_file() and e.error is None:
                         e.error = f"file not found (listed in {mpath} line {line})"
             if not raw and e.error is None:
