@@ -16,10 +16,18 @@ def _run(args) -> int:
 
     if args.resume:
         out = args.resume
-        if args.config or args.overrides:
+        if args.out and Path(args.out) != Path(out):
+            raise ConfigError(f"--resume {out} continues the run in its own directory; --out {args.out} cannot "
+                              f"move it (copy the directory first, then --resume the copy)")
+        if args.config:
             cfg = load_config(args.config, args.overrides)
-        else:
+        else:  # overrides apply to the stored config (only keys such as threads may differ on resume)
+            from mmcl.config import parse_override, set_dotted
+
             cfg = validate(RunDir(out, writer=False).read_config())
+            for item in args.overrides:
+                set_dotted(cfg, *parse_override(item))
+            cfg = validate(cfg)
     else:
         out = args.out or str(Path("runs") / (Path(args.config).stem if args.config else DEFAULT_CONFIG))
         cfg = load_config(args.config, args.overrides)
@@ -86,7 +94,14 @@ def _report(args) -> int:
 
 def _compare(args) -> int:
     from mmcl.report import compare_table
+    from mmcl.results import RunDir
 
+    kinds = {(m.get("setting"), m.get("benchmark")) for m in (RunDir(d, writer=False).read_metrics()
+                                                               for d in args.run_dirs)}
+    if len(kinds) > 1:
+        print("mmcl: warning: these runs are of different benchmarks or settings ("
+              + "; ".join(f"{b} ({s})" for s, b in sorted(kinds, key=str)) + "); their numbers do not compare",
+              file=sys.stderr)
     print(compare_table(args.run_dirs))
     return 0
 
@@ -279,6 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"mmcl: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # during set-up or a command without checkpoints: nothing to save
+        print("mmcl: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        import errno
+
+        if e.errno == errno.ENOSPC:
+            print(f"mmcl: error: disk full ({e.filename or 'writing'}); files are written atomically, so the last "
+                  f"checkpoint is intact: free space, then continue with --resume", file=sys.stderr)
+            return 2
+        if e.errno in (errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EISDIR):
+            print(f"mmcl: error: {e.strerror}: {e.filename}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -270,6 +270,17 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _benchmark_owning(key: str) -> str | None:
+    """The benchmark whose parameters include `key` (benchmark.<field>), if exactly one does."""
+    from mmcl.data import BENCHMARKS
+
+    if not key.startswith("benchmark."):
+        return None
+    field = key.split(".")[1]
+    owners = [n for n, (params, _) in BENCHMARKS.items() if field in {f.name for f in dataclasses.fields(params)}]
+    return owners[0] if len(owners) == 1 else None
+
+
 def validate(cfg: dict) -> dict:
     """Return the fully resolved config (all defaults filled in) or raise ConfigError."""
     from mmcl.data import benchmark_params
@@ -283,6 +294,10 @@ def validate(cfg: dict) -> dict:
             # a section given an empty mapping flattens to the section name itself
             if isinstance(value, dict) and not value and any(k.startswith(key + ".") for k in schema):
                 continue
+            owner = _benchmark_owning(key)
+            if owner:  # e.g. a user stream's keys with benchmark.name left at its default
+                raise ConfigError(f"unknown config key '{key}' for benchmark '{cfg['benchmark'].get('name')}': "
+                                  f"it belongs to benchmark '{owner}'; set benchmark.name: {owner}")
             close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.5)
             hint = f"; closest valid key: '{close[0]}'" if close else ""
             raise ConfigError(f"unknown config key '{key}'{hint}")

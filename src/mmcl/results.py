@@ -135,7 +135,12 @@ class RunDir:
         p = self.path / "config.yaml"
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: not a run directory")
-        cfg = yaml.safe_load(p.read_text())
+        try:
+            cfg = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p} is not valid YAML ({getattr(e, 'problem', e)}): the run's config is damaged") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{p} does not hold a config mapping: the run's config is damaged")
         cfg.pop("versions", None)
         return cfg
 
@@ -151,9 +156,14 @@ class RunDir:
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist: the run has not finished (try --resume)")
         try:
-            return json.loads(p.read_text())
+            m = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{p} is not valid JSON ({e})") from None
+        missing = [k for k in ("setting", "benchmark", "method", "seed", "experiences", "matrices", "summary", "timing")
+                   if k not in m]
+        if missing:
+            raise ValueError(f"{p} lacks the field(s) {', '.join(missing)}: not an mmcl metrics file, or damaged")
+        return m
 
     # -- checkpoints --------------------------------------------------------------------
     @property

@@ -179,7 +179,11 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         self.restore_structure(state["extra"])
-        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        try:
+            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        except RuntimeError as e:  # shapes differ: a checkpoint of another model
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ValueError(f"checkpoint does not match the model (from another run?): {first}") from None
         bad = self.setting.check_loaded(self.model, missing, unexpected)
         if bad:
             raise ValueError(f"checkpoint does not match the model: {bad[:3]}")
