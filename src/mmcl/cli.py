@@ -140,18 +140,28 @@ def _data(args) -> int:
             return _data_check(args)
         raise ConfigError(f"mmcl data: 'mm5' and 'msvqa-mini' generate data, a config (bundled name or YAML file) "
                           f"has its stream checked; got '{args.benchmark}'")
+    import contextlib
+
+    from mmcl.data.mm5.common import files_digest
+
     cfg = load_config("mm5-er", args.overrides)
     p = mm5.MM5Params(**{k: v for k, v in cfg["benchmark"].items() if k != "name"})
-    rows = []
+    rows, manifests = [], []
     for modality in p.modalities:
-        root, man = mm5.ensure_data(modality, p)
-        samples, labels, split = mm5.generator(modality).load(root)  # validates every file
+        with contextlib.redirect_stdout(sys.stderr):  # generators' progress: stdout carries only the result
+            root, man = mm5.ensure_data(modality, p)
+            samples, labels, split = mm5.generator(modality).load(root)  # decodes every file
+        if files_digest(root, man["files"])[0] != man["sha256"]:  # and checks they are the files generated
+            raise ConfigError(f"{root}: files changed since they were generated (sha256 differs from manifest.json); "
+                              f"delete the folder to generate them again")
         rows.append([modality, str(len(man["classes"])), str(int((split == 0).sum())), str(int((split == 1).sum())),
                      f"{man['bytes'] / 1e6:.1f} MB", f"{man['seconds']:.1f}s", man["sha256"][:16], str(root)])
-        if args.json:
-            print(json.dumps({k: v for k, v in man.items() if k != "files"}, indent=1))
-        else:
+        manifests.append({k: v for k, v in man.items() if k != "files"})
+        if not args.json:
             print(f"{modality}: {', '.join(man['classes'])}\n  {man['notes']}")
+    if args.json:
+        print(json.dumps(manifests, indent=1))
+        return 0
     from mmcl.report import text_table
 
     print()
