@@ -228,9 +228,25 @@ class _Source:
         return {"tokens": torch.cat(tokens), "mask": torch.cat(masks), "zs": torch.cat(zs), "ok": flags}
 
 
+def starts_with_vowel_sound(name: str) -> bool:
+    """Whether "an" goes before `name`: by its sound, not its first letter ("a one", "a unicorn", "an hour",
+    "an 8")."""
+    w = name.strip().lower()
+    if not w:
+        return False
+    if w[0].isdigit():  # 8, 11, 18, 80...: eight, eleven, eighteen, eighty
+        return w[0] == "8" or re.match(r"(11|18)(\D|$)", w) is not None
+    if re.match(r"(one\b|once\b|uni|use|usu|uti|ure|euro?|ewe|u[bklr][aeiou])", w):
+        return False  # a "w" or "y" sound
+    if re.match(r"(hour|honest|honou?r|heir)", w):
+        return True  # a silent h
+    return w[0] in "aeiou"
+
+
 def anchor_text(template: str, name: str) -> str:
-    """The class's anchor sentence; "a {}" becomes "an {}" before a vowel ("an image of an elephant")."""
-    if name[:1].lower() in "aeiou":
+    """The class's anchor sentence; "a {}" becomes "an {}" before a vowel sound ("an image of an elephant",
+    "an image of a one")."""
+    if starts_with_vowel_sound(name):
         template = re.sub(r"\b([Aa]) \{\}", r"\1n {}", template)
     return template.format(name)
 

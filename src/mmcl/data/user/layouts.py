@@ -72,7 +72,7 @@ def id_kind(name: str) -> str | None:
     """Why a class name is not English (it needs label_names), or None."""
     if re.fullmatch(r"n\d{8}", name.strip()):
         return "WordNet ids"
-    if not re.search(r"[A-Za-z]", name):
+    if not any(ch.isalpha() for ch in name):  # a word in any script is a name; digits and marks are not
         return "numbers or ids"
     return None
 
@@ -160,9 +160,12 @@ def resolve_names(scan_entries: list[Entry], natural_order: list[str], src: Sour
 
 # ----------------------------------------------------------------------------------------- layouts
 def _visible_files(d: Path):
+    """Files below `d` (hidden ones left out), and symbolic links that lead nowhere (broken, or a loop)."""
     for p in sorted(d.rglob("*")):
         rel = p.relative_to(d)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() or (p.is_symlink() and not p.exists()):
             yield p
 
 
@@ -188,12 +191,24 @@ def scan_folders(src: SourceSpec, modality: str) -> Scan:
                           f"or root/<split>/<class>/<file>)")
     exts = EXTENSIONS[modality]
     entries, ignored = [], Counter()
+    empty = []
     for split, d in class_dirs:
+        found = False
         for f in _visible_files(d):
-            if f.suffix.lower() in exts:
+            if f.is_symlink() and not f.exists():
+                entries.append(Entry(where=str(f), raw=d.name, split=split,
+                                     error="a symbolic link that leads nowhere (broken, or a loop)"))
+                found = True
+            elif f.suffix.lower() in exts:
                 entries.append(Entry(where=str(f), path=f, raw=d.name, split=split))
+                found = True
             else:
                 ignored[f.suffix.lower() or "(none)"] += 1
+        if not found:
+            empty.append(d)
+    if empty and entries:  # a class folder without a single file: a class with nothing to learn
+        raise ConfigError(f"{src.key}.root: class folder {empty[0]} has no {modality} file ({', '.join(exts)}); "
+                          f"add files, or remove the folder")
     if not entries:
         raise ConfigError(f"{src.key}.root: no {modality} files ({', '.join(exts)}) below {root}")
     if src.test_list is not None:
