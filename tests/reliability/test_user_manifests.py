@@ -33,3 +33,25 @@ def test_a_file_listed_twice_is_refused_naming_both_rows(tmp_path, rows, first, 
     m.write_text("path,label,split\n" + rows)
     with pytest.raises(ConfigError, match=rf"listed twice \({m}:{first} and {m}:{second}\)"):
         build_stream(_cfg(m))
+
+
+def test_a_relative_path_leaving_the_data_folder_is_reported(tmp_path):
+    from mmcl.errors import DataError
+
+    (tmp_path / "data").mkdir()
+    _images(tmp_path / "data")
+    _images(tmp_path)  # files outside the data folder
+    m = tmp_path / "data" / "m.csv"
+    m.write_text("path,label,split\na.png,cat,train\nb.png,dog,train\nc.png,cat,test\nd.png,dog,test\n"
+                 "../a.png,cat,train\n")
+    with pytest.raises(DataError) as e:
+        build_stream(_cfg(m))
+    assert any("relative path '../a.png' leads outside" in ln for ln in e.value.lines)
+
+
+def test_a_path_given_as_a_source_name_suggests_the_mapping(tmp_path):
+    cfg = copy.deepcopy(BASE)
+    cfg = deep_merge(cfg, {"benchmark": {"name": "user", "experiences": [{"modality": "image", "source": "/data/pics"}]},
+                           "method": {"name": "finetune"}})
+    with pytest.raises(ConfigError, match=r"looks like a path.*source: \{root: /data/pics\}"):
+        build_stream(validate(cfg))

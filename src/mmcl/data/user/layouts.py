@@ -314,6 +314,10 @@ def scan_manifest(src: SourceSpec, modality: str) -> Scan:
                 else:
                     e.path = Path(p) if Path(p).is_absolute() else base / p
                     e.where = str(e.path)
+                    if not Path(p).is_absolute() and not e.path.resolve().is_relative_to(Path(base).resolve()):
+                        # a relative path climbing out of the data folder: a typo, or a file never meant as data
+                        e.error = e.error or (f"relative path {p!r} leads outside {base} (listed in {mpath} line "
+                                              f"{line}); write it as an absolute path if it is meant")
                     row_id = f"{mpath}:{line}"
                     first = listed.setdefault(e.path.resolve(), row_id)
                     if first != row_id:  # the same file twice could land in train and test, or in two classes

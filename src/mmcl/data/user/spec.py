@@ -191,6 +191,9 @@ def parse_experience(key: str, d: Any, sources: dict[str, SourceSpec]) -> Experi
         raise ConfigError(f"config key '{key}.source' is required (a source name or a mapping with a layout)")
     src = d["source"]
     if isinstance(src, str):
+        if src not in sources and ("/" in src or "\\" in src or src.startswith(("~", "."))):
+            raise ConfigError(f"config key '{key}.source': {src!r} looks like a path, not a source name; "
+                              f"write source: {{root: {src}}} (class folders) or source: {{manifest: {src}}}")
         if src not in sources:
             close = difflib.get_close_matches(src, list(sources), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
