@@ -155,6 +155,9 @@ class Engine:
             if self.stream.data_errors and self.run_dir.writer:  # data.on_error=skip: the files left out
                 lines = "".join(f"{ln}\n" for ln in self.stream.data_errors)
                 atomic_write_text(self.run_dir.path / "data_errors.txt", lines)
+                n = len(self.stream.data_errors)
+                print(f"mmcl: {n} input file{'s' if n != 1 else ''} left out (data.on_error=skip), first: "
+                      f"{self.stream.data_errors[0]}; all: {self.run_dir.path / 'data_errors.txt'}", file=sys.stderr)
         self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
         if state is not None:
             self.events.log("resume", position=vars(self.pos), events_repaired=self.events.repaired)

@@ -131,6 +131,11 @@ def render(run_dir: str | Path) -> Path:
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_short(v))}</td></tr>" for k, v in info.items())
         + "</table>" for name, info in m.get("stages", {}).items())
     unscored += stages
+    skipped = (m.get("stream_info") or {}).get("data_errors") or {}
+    if skipped.get("skipped"):
+        files = "".join(f"<li>{html.escape(str(f))}</li>" for f in skipped.get("files", [])[:20])
+        unscored += (f"<h2>Input files left out</h2><p>{skipped['skipped']} file(s) could not be used and were left "
+                     f"out (data.on_error=skip); all of them: data_errors.txt.</p><ul>{files}</ul>")
     notes = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in m.get("eval_notes", {}).items())
     if notes:
         unscored += f"<p>Last evaluation: {html.escape(notes)}.</p>"

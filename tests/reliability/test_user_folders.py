@@ -54,3 +54,21 @@ def test_class_names_in_any_script_are_names():
                                        ("8", "an image of an 8"), ("dog", "an image of a dog")])
 def test_the_article_follows_the_sound(name, text):
     assert anchor_text("an image of a {}", name) == text
+
+
+def test_skipped_files_are_summarised_and_shown_in_the_report(tmp_path, capsys):
+    from mmcl import cli
+    from tests.harness import write_cfg
+
+    _tree(tmp_path / "img")
+    (tmp_path / "img" / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8)
+    cfg = _cfg(tmp_path / "img")
+    cfg["data"]["on_error"] = "skip"
+    cfg["report"] = True
+    cfg["train"]["epochs"] = 1
+    path = write_cfg(tmp_path / "c.yaml", cfg)
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "1 input file left out (data.on_error=skip), first: " in err and "bad.png" in err
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Input files left out" in page and "bad.png" in page
