@@ -167,21 +167,29 @@ def test_sigterm_saves_mid_experience_and_resumes_exactly(tmp_path):
     assert metrics_without_timing(tmp_path / "term") == metrics_without_timing(tmp_path / "full")
 
 
-def test_resume_with_different_config_is_refused(tmp_path):
+def test_resume_with_different_config_is_refused(tmp_path, capsys):
+    from mmcl import cli  # in-process: the same exit codes and messages as the command, without its start-up
+
     cfg_path = write_cfg(tmp_path / "c.yaml", tiny_cfg("finetune"))
-    run_cli("run", str(cfg_path), "--out", str(tmp_path / "r"))
-    p = run_cli("run", str(cfg_path), "seed=5", "--resume", str(tmp_path / "r"), check=False)
-    assert p.returncode == 2 and "differs" in p.stderr and "'seed'" in p.stderr
-    p = run_cli("run", "--resume", str(tmp_path / "nothing"), check=False)
-    assert p.returncode == 2 and "config.yaml does not exist" in p.stderr
-    p = run_cli("run", str(cfg_path), "--out", str(tmp_path / "r"), check=False)
-    assert p.returncode == 2 and "--force" in p.stderr
+    assert cli.main(["run", str(cfg_path), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", str(cfg_path), "seed=5", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "differs" in err and "'seed'" in err
+    assert cli.main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "config.yaml does not exist" in capsys.readouterr().err
+    assert cli.main(["run", str(cfg_path), "--out", str(tmp_path / "r")]) == 2
+    assert "--force" in capsys.readouterr().err
 
 
-def test_corrupt_checkpoint_is_reported(tmp_path):
+def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
+    from mmcl import cli
+
     cfg_path = write_cfg(tmp_path / "c.yaml", tiny_cfg("finetune"))
-    run_cli("run", str(cfg_path), "--out", str(tmp_path / "r"))
+    assert cli.main(["run", str(cfg_path), "--out", str(tmp_path / "r")]) == 0
     (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
-    p = run_cli("run", "--resume", str(tmp_path / "r"), check=False)
-    assert p.returncode == 2 and "last.pt is not a readable mmcl checkpoint" in p.stderr
-    assert p.stderr.strip().count("\n") == 0
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt is not a readable mmcl checkpoint" in err
+    assert err.strip().count("\n") == 0
