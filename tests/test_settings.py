@@ -63,3 +63,26 @@ def test_settings_own_their_schema_and_choices():
         load_config("mm5-er", ["stream.protocol=4-step"])
     with pytest.raises(ConfigError, match="'setting' must be one of modality, scenario"):
         load_config("mm5-er", ["setting=scenaro"])
+
+
+def test_predict_never_sees_the_labels_in_either_setting(tmp_path, monkeypatch):
+    """A method that peeks at the test labels (y) or answers in `predict` fails loudly."""
+    import pytest
+
+    from mmcl.methods.finetune import Finetune
+    from tests.harness import TWO_STEPS, scenario_cfg
+
+    seen = []
+
+    def peeking(self, batch, num_classes, known_modality=False):
+        seen.append(sorted(batch))
+        return batch[self._label]  # reads the label: must fail
+
+    monkeypatch.setattr(Finetune, "predict", peeking)
+    for label, cfg in (("y", tiny_cfg("finetune")),
+                       ("answers", scenario_cfg("finetune", benchmark=TWO_STEPS))):
+        monkeypatch.setattr(Finetune, "_label", label, raising=False)
+        with pytest.raises(KeyError, match=label):
+            run(cfg, str(tmp_path / label))
+    assert "y" not in seen[0] and "x" in seen[0]  # the inputs are there, the labels not
+    assert "answers" not in seen[-1] and "questions" in seen[-1] and "images" in seen[-1]

@@ -102,7 +102,7 @@ class DualPrompt(PromptPoolMethod):
         """(B, T) bool: the experts each sample may choose from at test."""
         T = len(self.stream)
         trained = torch.arange(T) < max(self.num_trained, 1)
-        allowed = trained.expand(len(batch["y"]), T)
+        allowed = trained.expand(self.setting.batch_size(batch), T)
         if known_modality:
             same = allowed & (self.exp_modality[None, :] == batch["m"][:, None])
             allowed = torch.where(same.any(1, keepdim=True), same, allowed)

@@ -51,9 +51,18 @@ class EvalResult:
     notes: dict = field(default_factory=dict)  # counts worth reporting (e.g. answers that did not parse)
 
 
+def without(batch: dict, keys: tuple[str, ...]) -> dict:
+    """`batch` without `keys`: what `predict` may see of a test batch (never its labels)."""
+    return {k: v for k, v in batch.items() if k not in keys}
+
+
 class Evaluator:
     """Scores a method on every experience of a stream after training experience `after`
-    (`after=-1`: the untrained model). Owns whatever it caches between calls."""
+    (`after=-1`: the untrained model). Owns whatever it caches between calls. `predict` is handed
+    test batches without their labels (`hidden`)."""
+
+    #: batch fields `predict` never sees
+    hidden: tuple[str, ...] = ()
 
     def __init__(self, setting: "Setting"):
         self.setting = setting

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from mmcl.data.registry import BuildContext
 from mmcl.metrics import accuracy
-from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting
+from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting, without
 from mmcl.stream import MODALITIES, Stream
 
 
@@ -29,6 +29,8 @@ class ModalityEvaluator(Evaluator):
     modality-specific parameters (`uses_known_modality`) is asked twice: once without the
     modality (agnostic; it must infer whatever it needs from the sample) and once with it (aware).
     """
+
+    hidden = ("y",)
 
     @torch.no_grad()
     def __call__(self, method, stream: Stream, after: int, progress: bool = False) -> EvalResult:
@@ -45,10 +47,11 @@ class ModalityEvaluator(Evaluator):
             other = torch.tensor([cls_mod[c] != exp.modality for c in range(n)])
             preds_agn, preds_aw, ys = [], [], []
             for batch in exp.test.batches(bs):
-                logits = method.predict(batch, n)
+                inputs = without(batch, self.hidden)  # predict never sees the labels
+                logits = method.predict(inputs, n)
                 preds_agn.append(logits.argmax(1))
                 if method.uses_known_modality:  # modality-specific parameters, allowed only when aware
-                    logits = method.predict(batch, n, known_modality=True)
+                    logits = method.predict(inputs, n, known_modality=True)
                 preds_aw.append(logits.masked_fill(other, float("-inf")).argmax(1))
                 ys.append(batch["y"])
             y = torch.cat(ys)
@@ -125,10 +128,6 @@ class ModalitySetting(Setting):
 
     def outputs(self, model, batch, num_classes):
         return model.logits(model(batch), num_classes)
-
-    @staticmethod
-    def batch_size(batch: dict) -> int:
-        return len(batch["y"])
 
     def predict(self, model, batch, num_classes):
         """Logits over the first `num_classes` classes."""

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmcl.data.registry import BuildContext
-from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting
+from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting, without
 from mmcl.stream import Stream
 
 
@@ -39,6 +39,8 @@ class ScenarioEvaluator(Evaluator):
     deterministic given the weights, so a step is not answered again while the model is unchanged
     (`zeroshot`: one evaluation, not T + 1): the evaluator keeps the last model's answers.
     """
+
+    hidden = ("answers",)
 
     def __init__(self, setting):
         super().__init__(setting)
@@ -67,7 +69,7 @@ class ScenarioEvaluator(Evaluator):
                 answers: list[str] = [""] * len(test)
                 k = 0
                 for batch in test.subset(order).batches(bs):
-                    for a in method.predict(batch, None):
+                    for a in method.predict(without(batch, self.hidden), None):  # never the answers
                         answers[int(order[k])] = a
                         k += 1
                 cache[j] = answers
