@@ -144,3 +144,26 @@ def test_mmcl_run_4_steps_and_bundled_config(tmp_path):
     bundled, ft = load_config("msvqa-mini-olora"), load_config("msvqa-mini-finetune")
     assert bundled["method"]["name"] == "olora"
     assert all(bundled[k] == ft[k] for k in ("train", "vlm", "base", "eval", "stream"))
+
+
+@pytest.mark.parametrize("lambdas,same", [({"lambda_1": 5.0}, False), ({"lambda_1": 0.0, "lambda_2": 0.0}, True)],
+                         ids=["orthogonality", "terms-zeroed"])
+def test_its_own_terms_change_what_training_does(lambdas, same):
+    """The orthogonality term changes the new adapter's training; zeroed, olora trains as plain LoRA does."""
+    cfg = steps_cfg(**lambdas)
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    run_experience(m, stream[0], 1)
+    m.begin_experience(stream[1])
+    start = m.snapshot()
+    result = {}
+    for name, loss_of in (("own", m.training_loss), ("plain", m.model.loss)):
+        m.model.load_state_dict(start, strict=False)
+        opt = torch.optim.Adam(m.param_groups(), lr=1e-2)
+        for batch in list(stream[1].train.batches(8))[:3]:
+            loss = loss_of(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        result[name] = [p.detach().clone() for p in m.adapter_parameters(1)]
+    assert all(torch.equal(a, b) for a, b in zip(result["own"], result["plain"])) == same

@@ -118,3 +118,36 @@ def test_mmcl_run_4_steps_and_bundled_config(tmp_path):
     assert m["method"] == "quad" and len(m["matrices"]["grounding_f1"]) == 4
     bundled, ft = load_config("msvqa-mini-quad"), load_config("msvqa-mini-finetune")
     assert all(bundled[k] == ft[k] for k in ("train", "vlm", "base", "eval", "stream"))
+
+
+def _second_step_training(m, stream, loss_of, steps=3):
+    """From the same start of step 2 (weights and generator), `steps` Adam steps with `loss_of(batch)`; the
+    trained parameters after them."""
+    state, rng = m.snapshot(), m.rng.get_state()
+    m.model.load_state_dict(state, strict=False)
+    m.rng.set_state(rng)
+    opt = torch.optim.Adam(m.param_groups(), lr=1e-2)
+    for batch in list(stream[1].train.batches(8))[:steps]:
+        loss = loss_of(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    out = {n: p.detach().clone() for n, p in m.model.named_parameters() if p.requires_grad}
+    m.model.load_state_dict(state, strict=False)
+    m.rng.set_state(rng)
+    return out
+
+
+@pytest.mark.parametrize("weights,same", [({}, False), ({"replay_weight": 0.0, "attn_weight": 0.0}, True)],
+                         ids=["own-terms", "terms-zeroed"])
+def test_its_own_terms_change_what_training_does(weights, same):
+    """Replay and attention distillation change the trained parameters; zeroed, quad trains as fine-tuning does."""
+    cfg = steps_cfg(**weights)
+    stream = build_stream(cfg)
+    m = build_method(stream, cfg)
+    train_step(m, stream[0])
+    m.begin_experience(stream[1])
+    own = _second_step_training(m, stream, m.training_loss)
+    plain = _second_step_training(m, stream, m.model.loss)  # the answer cross-entropy alone
+    close = all(torch.allclose(own[n], plain[n], atol=1e-5) for n in own)
+    assert close == same
