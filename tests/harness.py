@@ -86,6 +86,7 @@ def train_steps(m, exp, steps: int, opt=None):
         loss = m.training_loss(batch)
         opt.zero_grad()
         loss.backward()
+        m.after_backward()
         opt.step()
     return opt
 

@@ -14,9 +14,10 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 @pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not installed")
-def test_two_process_ddp_matches_single_process(tmp_path):
-    cfg = tiny_cfg("er", benchmark={"name": "synthetic", "num_experiences": 3, "train_per_class": 64},
-                   method={"name": "er", "buffer_size": 40})
+@pytest.mark.parametrize("method", ["er", "derpp"])  # a memory filled after experiences / during every step
+def test_two_process_ddp_matches_single_process(tmp_path, method):
+    cfg = tiny_cfg(method, benchmark={"name": "synthetic", "num_experiences": 3, "train_per_class": 64},
+                   method={"name": method, "buffer_size": 40})
     cfg_path = write_cfg(tmp_path / "c.yaml", cfg)
     run_cli("run", str(cfg_path), "--out", str(tmp_path / "single"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -36,7 +37,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     # evaluated once: one eval event per experience (+ the untrained baseline)
     events = [json.loads(l) for l in (tmp_path / "ddp" / "events.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "eval" for e in events) == 3 + 1
-    # the replay buffer holds the same samples on every rank after every experience
+    # the replay memory holds the same samples on every rank after every experience
     ends = [e for e in events if e["event"] == "experience_end"]
     assert len(ends) == 3
     for e in ends:

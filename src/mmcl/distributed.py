@@ -63,6 +63,16 @@ def any_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
+def gather_rows(rows: dict) -> dict:
+    """Every rank's `rows` (a dict of tensors sharing their first dimension), concatenated in rank order:
+    the global batch again, identical on every rank."""
+    if not active():
+        return rows
+    out: list = [None] * world()
+    dist.all_gather_object(out, {k: v.detach().cpu() for k, v in rows.items()})
+    return {k: torch.cat([o[k] for o in out]) for k in rows}
+
+
 def broadcast_object(obj):
     if not active():
         return obj

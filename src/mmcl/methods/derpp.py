@@ -1,7 +1,7 @@
 """`derpp`: DER++, dark experience replay with labels.
 
 Reference: Buzzega, Boschini, Porrello, Abati, Calderara, "Dark Experience for General Continual
-Learning: a Strong, Simple Baseline", NeurIPS 2020.
+Learning: a Strong, Simple Baseline", NeurIPS 2020 (and its official code, mammoth's models/derpp.py).
 
 A reservoir memory keeps inputs, labels and the logits the model produced for them when they were
 stored. Every training step adds two replay terms to the cross-entropy of the current batch:
@@ -12,23 +12,19 @@ where (x', z') and (x'', y'') are two independent batches drawn from the memory.
 logits ("dark knowledge") preserves the old responses over all classes; the label term (the "++")
 corrects stored logits that were wrong or are stale.
 
-Adapted to this setting:
-- Class-incremental with a growing label set: logits are over the classes seen so far
-  (`self.num_seen`), so a stored sample's logits cover only the classes seen when it was stored.
-  They are kept zero-padded to the stream's total number of classes, together with the number of
-  valid columns per sample; the MSE is the mean over valid entries only (the paper's plain mean
-  when all widths agree). The label CE is over all classes seen so far, like the current batch's.
-- Insertion: the paper offers every training batch to the reservoir at the step it is trained on,
-  with the logits of that forward pass. Here `training_loss` only sees this rank's shard of a batch,
-  so insertion happens in `after_experience` instead: the experience's training samples are offered
-  once each to the same reservoir sampler (Vitter's algorithm R, the paper's), drawing from
-  `self.rng`, and the accepted samples are stored with the logits of the model at the end of the
-  experience (computed on rank 0 and broadcast, so every rank holds a bit-identical memory).
-  Consequences: stored logits are end-of-experience responses rather than mid-training ones; each
-  sample is offered once, not once per epoch (the memory is still a uniform sample of all training
-  samples seen so far); and the memory is empty during the first experience and holds only past
-  experiences afterwards (in the paper it also holds current-experience samples), so the replay
-  terms act from the second experience on.
+As published: after every training step the step's batch is offered to the reservoir (Vitter's
+algorithm R over every sample offered so far, current experience included, once per epoch), with
+the logits of that step's forward pass, so stored logits are samples of the optimisation
+trajectory and replay acts from the first experience's second step on. Under torchrun each rank
+sees its shard of the batch: the shards and their logits are gathered (rank order: the global
+batch) and every rank offers the same rows with the same generator, so the memories stay
+bit-identical.
+
+Adapted to class-incremental learning with a growing label set: logits are over the classes seen
+so far (`self.num_seen`), so a stored sample's logits cover only the classes seen when it was
+stored. They are kept zero-padded to the stream's total number of classes, with the number of
+valid columns per sample; the MSE is the mean over valid entries only (the paper's plain mean when
+all widths agree). The label CE is over all classes seen so far, like the current batch's.
 """
 from __future__ import annotations
 
@@ -56,10 +52,11 @@ class LogitReservoir:
         self.capacity = capacity
         self.num_classes = num_classes
         self.seen = 0
-        self.data = TensorSet.empty()
+        self._store: dict[str, torch.Tensor] | None = None  # capacity rows per field, the first `_size` in use
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self._size
 
     def plan(self, n_new: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Offer `n_new` samples in order; returns (slots, picked): new sample picked[i] goes to slots[i].
@@ -80,19 +77,23 @@ class LogitReservoir:
         return slots, torch.tensor([where[s] for s in slots.tolist()], dtype=torch.long)
 
     def write(self, slots: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
-        """Put `rows` (fields, 'y', 'logits', 'n_logits') into `slots`, growing the memory as needed."""
+        """Put `rows` (fields, 'y', 'logits', 'n_logits') into `slots`, in place (storage for the whole
+        capacity is allocated once)."""
         if not len(slots):
             return
-        size = max(len(self), int(slots.max()) + 1)
-        if len(self) and set(rows) != set(self.data.keys()):
-            raise ValueError(f"memory fields {sorted(self.data.keys())} differ from new rows {sorted(rows)}")
-        out = {}
+        if self._store is None:
+            self._store = {k: v.new_zeros((self.capacity, *v.shape[1:])) for k, v in rows.items()}
+        elif set(rows) != set(self._store):
+            raise ValueError(f"memory fields {sorted(self._store)} differ from new rows {sorted(rows)}")
         for k, v in rows.items():
-            old = self.data[k] if len(self) else v[:0]
-            t = torch.cat([old, v.new_zeros((size - len(old), *v.shape[1:]))])
-            t[slots] = v
-            out[k] = t
-        self.data = TensorSet(out)
+            self._store[k][slots] = v
+        self._size = max(self._size, int(slots.max()) + 1)
+
+    @property
+    def data(self) -> TensorSet:
+        if self._store is None or not self._size:
+            return TensorSet.empty()
+        return TensorSet({k: v[: self._size] for k, v in self._store.items()})
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`n` distinct memory samples (fewer if the memory is smaller), uniformly at random."""
@@ -101,11 +102,15 @@ class LogitReservoir:
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "num_classes": self.num_classes, "seen": self.seen,
-                "data": dict(self.data.tensors)}
+                "data": {k: v.clone() for k, v in self.data.tensors.items()} if len(self) else {}}
 
     def load_state_dict(self, state: dict) -> None:
         self.capacity, self.num_classes, self.seen = state["capacity"], state["num_classes"], state["seen"]
-        self.data = TensorSet(dict(state["data"]))
+        self._store, self._size = None, 0
+        data = state["data"]
+        if data:
+            n = len(next(iter(data.values())))
+            self.write(torch.arange(n), data)
 
 
 @register("derpp")
@@ -123,12 +128,16 @@ class DERpp(Method):
     def __init__(self, stream, cfg, hp, setting=None):
         super().__init__(stream, cfg, hp, setting)
         self.memory = LogitReservoir(hp.buffer_size, len(stream.class_names))
+        self._pending: tuple[dict, torch.Tensor] | None = None  # the step's batch and logits, until after_backward
 
     def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The unweighted terms: 'ce' (current batch) and, once the memory is non-empty, 'mse' and 'replay_ce'."""
+        """The unweighted terms: 'ce' (current batch) and, once the memory is non-empty, 'mse' and 'replay_ce'.
+        Keeps the current batch and its logits, offered to the memory after the step (`after_backward`)."""
         n = self.num_seen
         if not len(self.memory):
-            return {"ce": F.cross_entropy(self.model.logits(self.net(batch), n), batch["y"])}
+            logits = self.model.logits(self.net(batch), n)
+            self._pending = (batch, logits.detach())
+            return {"ce": F.cross_entropy(logits, batch["y"])}
         size = self.hp.replay_batch_size or self.cfg["train"]["batch_size"]
         # two independent global draws, identical on every rank; each rank keeps its share
         mem_z = dist.shard(self.memory.sample(size, self.rng))
@@ -136,6 +145,7 @@ class DERpp(Method):
         joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
         logits = self.model.logits(self.net(joint), n)
         cur, out_z, out_y = logits.split([len(batch["y"]), len(mem_z["y"]), len(mem_y["y"])])
+        self._pending = (batch, cur.detach())
         zero = logits.sum() * 0.0  # an empty shard contributes nothing (but stays in the graph)
         # stored logits cover the classes seen when stored: compare those columns only
         valid = torch.arange(n) < mem_z["n_logits"][:, None]
@@ -152,26 +162,19 @@ class DERpp(Method):
             return t["ce"]
         return t["ce"] + self.hp.alpha * t["mse"] + self.hp.beta * t["replay_ce"]
 
-    def after_experience(self, exp):
-        slots, picked = self.memory.plan(len(exp.train), self.rng)
-        rows = exp.train.take(picked)
-        rows["logits"], rows["n_logits"] = self._current_logits(rows)
-        self.memory.write(slots, rows)
-
-    @torch.no_grad()
-    def _current_logits(self, rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's logits over the classes seen so far, zero-padded to all classes; and their width."""
-        n, count = self.num_seen, len(rows["y"])
-        out = torch.zeros(count, self.memory.num_classes)
-        was_training = self.model.training
-        self.model.eval()
-        bs = self.cfg["eval"]["batch_size"]
-        for s in range(0, count, bs):
-            part = {k: v[s:s + bs] for k, v in rows.items()}
-            out[s:s + bs, :n] = self.model.logits(self.model(part), n)
-        self.model.train(was_training)
-        out = dist.broadcast_object(out)  # rank 0's values everywhere: the memory is bit-identical
-        return out, torch.full((count,), n, dtype=torch.long)
+    def after_backward(self):
+        """Offer the step's (global) batch to the reservoir with the logits of its forward pass."""
+        if self._pending is None:
+            return
+        batch, logits = self._pending
+        self._pending = None
+        n = logits.shape[1]
+        padded = torch.zeros(len(logits), self.memory.num_classes)
+        padded[:, :n] = logits
+        rows = dist.gather_rows({**{k: v.detach() for k, v in batch.items()}, "logits": padded,
+                                 "n_logits": torch.full((len(logits),), n, dtype=torch.long)})
+        slots, picked = self.memory.plan(len(rows["y"]), self.rng)
+        self.memory.write(slots, {k: v[picked] for k, v in rows.items()})
 
     def extra_state(self):
         return {"memory": self.memory.state_dict()}
