@@ -61,3 +61,32 @@ def test_a_changed_cache_entry_is_recomputed_not_used(tmp_path, capsys):
     b = cached_tensors(path, compute)
     assert len(calls) == 2 and torch.equal(b["x"], a["x"])  # noticed and rebuilt
     assert "changed since it was written: recomputing" in capsys.readouterr().err
+
+
+def test_every_numeric_key_has_a_range():
+    """Shared keys, each setting's, each benchmark's and each method's hyper-parameters: none unchecked."""
+    import dataclasses
+
+    from mmcl.config import BASE, RANGES, flatten
+    from mmcl.data import BENCHMARKS
+    from mmcl.methods import METHODS
+    from mmcl.settings import SETTINGS
+
+    def numeric(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    missing = [k for k, v in flatten(BASE).items() if numeric(v) and k not in RANGES]
+    for name, s in SETTINGS.items():
+        keys = {**flatten(s.schema), **s.extra_schema({})}
+        missing += [f"{name}: {k}" for k, v in keys.items() if numeric(v) and k not in s.ranges]
+    for name, (params, _) in BENCHMARKS.items():
+        missing += [f"benchmark {name}: {f.name}" for f in dataclasses.fields(params)
+                    if numeric(f.default) and f.name not in getattr(params, "ranges", {})]
+    for name, cls in METHODS.items():
+        missing += [f"method {name}: {f.name}" for f in dataclasses.fields(cls.Hparams)
+                    if numeric(f.default) and f.name not in cls.ranges]
+    assert not missing, missing
+    with pytest.raises(ConfigError, match="'method.buffer_size' must be >= 0"):
+        load_config("mm5-er", ["method.buffer_size=-1"])
+    with pytest.raises(ConfigError, match=r"'method.blend' must be in \[0,1\]"):
+        load_config("mm5-comm", ["method.blend=2"])

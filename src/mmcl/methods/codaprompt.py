@@ -62,6 +62,8 @@ class CodaPool(nn.Module):
 
 @register("codaprompt")
 class CodaPrompt(PromptPoolMethod):
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"pool_size": ">=1", "length": ">=1", "ortho_mu": ">=0"}
     @dataclass
     class Hparams:
         pool_size: int = 100  # M components in total, split evenly over the experiences

@@ -146,6 +146,9 @@ def _load_stats(stats: ClassGaussians, state: dict) -> None:
 class COMM(Method):
     uses_known_modality = True  # aware protocol: the true modality chooses the prompts
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"shift_weight": ">=0", "merge": "[0,1]", "blend": "[0,1]", "relevance_hidden": ">=1", "relevance_epochs": ">=0",
+              "relevance_samples": ">=0", "realign_per_class": ">=1", "realign_epochs": ">=0"}
     @dataclass
     class Hparams:
         self_reg: bool = True  # intra-modal self-regularisation: prompt merge + representation-shift penalty

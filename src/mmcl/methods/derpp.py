@@ -118,6 +118,8 @@ class DERpp(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"modality": {"alpha": [0.1, 0.3, 1.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"buffer_size": ">=0", "alpha": ">=0", "beta": ">=0", "replay_batch_size": ">=0"}
     @dataclass
     class Hparams:
         buffer_size: int = 200  # memory size in samples (reservoir over the whole stream)

@@ -67,6 +67,8 @@ class DualPromptPool(nn.Module):
 class DualPrompt(PromptPoolMethod):
     uses_known_modality = True
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"g_length": ">=0", "e_length": ">=1", "pull_coeff": ">=0"}
     @dataclass
     class Hparams:
         g_length: int = 1  # L_g tokens of the shared G-prompt (0: none; paper: 5, see the module doc)

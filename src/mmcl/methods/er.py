@@ -26,6 +26,8 @@ class ER(Method):
     settings = ("modality", "scenario")
     setting_defaults = {"scenario": {"replay_batch_size": 8}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"buffer_size": ">=0", "replay_batch_size": ">=0"}
     @dataclass
     class Hparams:
         buffer_size: int = 200  # memory size in samples (scenario: questions), over all classes / steps

@@ -44,6 +44,8 @@ class EWC(Method):
     search_space = {"modality": {"ewc_lambda": [1e4, 1e5, 1e6]}, "scenario": {"ewc_lambda": [1e3, 1e4, 1e5]}}
     setting_defaults = {"scenario": {"ewc_lambda": 1e4, "fisher_batch_size": 1}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"ewc_lambda": ">=0", "gamma": "[0,1]", "fisher_batch_size": ">=1"}
     @dataclass
     class Hparams:
         ewc_lambda: float = 1e5  # weight lambda of the quadratic penalty lambda/2 * sum F (theta - theta*)^2

@@ -60,6 +60,8 @@ class L2PPool(nn.Module):
 
 @register("l2p")
 class L2P(PromptPoolMethod):
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"pool_size": ">=1", "length": ">=1", "top_n": ">=1", "pull_coeff": ">=0"}
     @dataclass
     class Hparams:
         pool_size: int = 10  # M prompts in the pool

@@ -51,6 +51,8 @@ class LwF(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"modality": {"alpha": [0.5, 1.0, 2.0]}, "scenario": {"alpha": [0.1, 1.0, 10.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"alpha": ">=0", "temperature": ">0"}
     @dataclass
     class Hparams:
         alpha: float = 1.0  # weight of the distillation term (the paper's lambda_o)

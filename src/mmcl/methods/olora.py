@@ -66,6 +66,8 @@ class OLoRA(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"scenario": {"lambda_1": [0.05, 0.5, 5.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"lambda_1": ">=0", "lambda_2": ">=0"}
     @dataclass
     class Hparams:
         lambda_1: float = 0.5  # weight of the orthogonality term sum |A_i A_t^T| (previous adapters i, current t)

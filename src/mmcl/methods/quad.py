@@ -89,6 +89,8 @@ class Quad(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"scenario": {"attn_weight": [0.1, 1.0, 10.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"memory": ">=0", "replay_batch_size": ">=0", "replay_weight": ">=0", "attn_weight": ">=0"}
     @dataclass
     class Hparams:
         memory: int = 200  # questions stored in total (text only), split equally over the steps seen

@@ -70,6 +70,8 @@ class SLCA(Method):
     #: the one hyper-parameter the sweep chooses (on a validation split of the training data)
     search_space = {"modality": {"slow_factor": [0.01, 0.1, 1.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"slow_factor": ">=0", "ca_epochs": ">=0", "ca_per_class": ">=1", "ca_batch_size": ">=1", "logit_norm": ">=0"}
     @dataclass
     class Hparams:
         slow_factor: float = 0.1  # lr of the representation (input projections, prompts) / train.lr

@@ -59,6 +59,8 @@ class Unifier(Method):
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"scenario": {"lam": [0.1, 1.0, 10.0]}}
 
+    #: allowed ranges of the numeric hyper-parameters (checked when the config loads)
+    ranges = {"lam": ">=0", "temperature": ">0", "bottleneck": ">=1", "branch_dim": ">=0", "scale": ">=0"}
     @dataclass
     class Hparams:
         vre: bool = True  # Vision Representation Expansion: a branch per scenario in every vision block

@@ -117,7 +117,9 @@ class ScenarioSetting(Setting):
     }
     choices = {"stream.protocol": ("4-step", "20-step", "per-scenario", "per-subtask")}
     ranges = {"base.epochs": ">=0", "base.lr": ">0", "base.batch_size": ">=1", "base.region_weight": ">=0",
-              "eval.max_new_tokens": ">=1"}
+              "eval.max_new_tokens": ">=1", "vlm.lora_r": ">=1", "vlm.lora_alpha": ">0", "vlm.lora_dropout": "[0,1)",
+              "vlm.image_size": ">=8", "vlm.patch_size": ">=1", "vlm.vision_dim": ">=0", "vlm.vision_layers": ">=0",
+              "vlm.lm_dim": ">=32", "vlm.lm_layers": ">=1", "vlm.seed": ">=0"}
     distributed = False  # runs in one process for now
     replay_group = "step"
 

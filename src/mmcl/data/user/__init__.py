@@ -56,6 +56,7 @@ MAX_LISTED = 100  # bad files listed in metrics.json (all of them are in data_er
 
 @dataclass
 class UserParams:
+    ranges = {"split_seed": ">=0", "test_fraction": "(0,1)", "train_per_class": ">=0", "test_per_class": ">=0"}
     custom_encoders = True  # class attribute, not a key: `encoder.<modality>=hf:<dir>` applies to this benchmark
 
     experiences: list = field(default_factory=list)  # see the module doc
