@@ -33,7 +33,7 @@ def test_run_report_compare(tmp_path, capsys):
     assert len(rows) == 4  # 2 runs x 2 protocols
     ma = json.loads((tmp_path / "A" / "metrics.json").read_text())
     assert f"{ma['summary']['modality_aware']['last_acc']:.3f}" in rows[0]
-    assert rows[2].startswith("B (er)")
+    assert rows[2].startswith("B (synthetic/er)")  # run, benchmark and method
 
 
 def test_compare_missing_run_is_one_line_error(tmp_path):

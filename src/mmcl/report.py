@@ -46,7 +46,7 @@ def compare_table(run_dirs: list[str]) -> str:
     rows = []
     for d in run_dirs:
         m = RunDir(d, writer=False).read_metrics()
-        rows += summary_rows(m, f"{Path(d).name} ({m['method']})")
+        rows += summary_rows(m, f"{Path(d).name} ({m['benchmark']}/{m['method']})")
     return text_table(SUMMARY_HEADER, rows)
 
 

@@ -147,6 +147,7 @@ def test_compare_warns_when_benchmarks_differ(tmp_path, capsys):
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     captured = capsys.readouterr()
     assert "different benchmarks" in captured.err and "animals" in captured.err and "synthetic" in captured.err
+    assert "(synthetic/finetune)" in captured.out and "(animals/finetune)" in captured.out  # each row says which
 
 
 def test_a_user_stream_without_its_benchmark_name_says_which_name(tmp_path):
