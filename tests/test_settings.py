@@ -86,3 +86,10 @@ def test_predict_never_sees_the_labels_in_either_setting(tmp_path, monkeypatch):
             run(cfg, str(tmp_path / label))
     assert "y" not in seen[0] and "x" in seen[0]  # the inputs are there, the labels not
     assert "answers" not in seen[-1] and "questions" in seen[-1] and "images" in seen[-1]
+
+
+def test_metrics_record_what_each_protocol_gave_the_model(tmp_path):
+    m = run(tiny_cfg("finetune"), str(tmp_path / "r"))
+    assert set(m["protocols"]) == {"modality_aware", "modality_agnostic"}
+    assert "never its label" in m["protocols"]["modality_agnostic"]
+    assert "restricted to the classes of the sample's modality" in m["protocols"]["modality_aware"]

@@ -135,3 +135,14 @@ class ModalitySetting(Setting):
 
     def evaluator(self) -> Evaluator:
         return ModalityEvaluator(self)
+
+    def extra_metrics(self, rows, stream):
+        """What each protocol handed the model at test time (recorded in metrics.json)."""
+        given = ("the sample's inputs (features or tokens) and its input format 'm', which selects the "
+                 "per-modality input projection; never its label")
+        return {"protocols": {
+            "modality_aware": given + "; the prediction is restricted to the classes of the sample's modality, "
+                                      "and a method may use modality-specific parameters (known_modality=True)",
+            "modality_agnostic": given + "; the prediction is over every class seen so far, and a method must "
+                                         "infer any modality-specific choice from the sample (known_modality=False)",
+        }}

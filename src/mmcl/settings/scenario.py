@@ -232,4 +232,6 @@ class ScenarioSetting(Setting):
         return ScenarioEvaluator(self)
 
     def extra_metrics(self, rows, stream):
-        return {"last_by_scenario": last_row_by_scenario(rows, stream)}
+        given = "the image and the question; never the answer, the step or the scenario"
+        return {"last_by_scenario": last_row_by_scenario(rows, stream),
+                "protocols": {name: given for name in rows}}
