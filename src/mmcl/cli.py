@@ -36,16 +36,17 @@ def _run(args) -> int:
                 raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
             if RunDir(out, writer=False).checkpoint_path.exists():
                 raise ConfigError(f"{out} holds an unfinished run; continue it with --resume {out}, or pass --force to start over")
-    main_rank = True
+    main_rank, together = True, False
     try:
         metrics = run(cfg, out, resume=bool(args.resume))
-        main_rank = dist.is_main()
-    except Interrupted as e:
+        main_rank, together = dist.is_main(), True
+    except Interrupted as e:  # every rank stops at the same step
+        together = True
         if dist.is_main():
             print(f"\ninterrupted: state saved in {out}; continue with: mmcl run --resume {out}", file=sys.stderr)
         return e.exit_code
     finally:
-        dist.cleanup()
+        dist.cleanup(together)
     if main_rank:
         print()
         print(text_table(SUMMARY_HEADER, summary_rows(metrics, f"{metrics['benchmark']}/{metrics['method']}")))

@@ -99,6 +99,14 @@ def check_replicated(state) -> list[str]:
     return out
 
 
-def cleanup() -> None:
+def cleanup(together: bool = False) -> None:
+    """Leave the process group. `together` (every rank got here the same way: the run ended or was
+    stopped): first wait for each other, since a rank that tears its gloo threads down while a peer
+    is still talking to it can abort at exit ("terminate called without an active exception")."""
     if dist.is_initialized():
+        if together and dist.get_world_size() > 1:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer is already gone: just leave
+                pass
         dist.destroy_process_group()
