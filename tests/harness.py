@@ -174,14 +174,21 @@ def trained(m) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in m.model.named_parameters() if p.requires_grad}
 
 
-def resume_equals_uninterrupted(tmp_path, monkeypatch, cls, method: dict) -> None:
-    cfg = cfg_for(method)
+def interrupt_and_resume(tmp_path, monkeypatch, cls, cfg: dict, at: int) -> dict:
+    """Run `cfg` into tmp_path/full; run it again into tmp_path/cut, stopped by SIGTERM in the `at`-th call of
+    `cls.training_loss`, then resume it. Asserts that the resumed run's metrics equal the uninterrupted run's;
+    returns the checkpoint the interrupted run left (before resuming)."""
     run(cfg, str(tmp_path / "full"))
-    original = sigterm_at_loss(monkeypatch, cls, 3)  # first batch of step 2: memory / Fisher / teacher in use
+    original = sigterm_at_loss(monkeypatch, cls, at)
     with pytest.raises(Interrupted):
         run(cfg, str(tmp_path / "cut"))
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
-    assert state["position"] == {"exp": 1, "epoch": 0, "step": 1}
     monkeypatch.setattr(cls, "training_loss", original)
     run(cfg, str(tmp_path / "cut"), resume=True)
     assert metrics_without_timing(tmp_path / "cut") == metrics_without_timing(tmp_path / "full")
+    return state
+
+
+def resume_equals_uninterrupted(tmp_path, monkeypatch, cls, method: dict) -> None:
+    state = interrupt_and_resume(tmp_path, monkeypatch, cls, cfg_for(method), 3)  # first batch of step 2: memory /
+    assert state["position"] == {"exp": 1, "epoch": 0, "step": 1}  # Fisher / teacher in use

@@ -136,8 +136,9 @@ def _data(args) -> int:
         return _data_msvqa(args)
     if args.benchmark != "mm5":
         if Path(args.benchmark).suffix in (".yaml", ".yml") or args.benchmark in bundled_configs():
-            if load_config(args.benchmark, args.overrides)["setting"] == "scenario":
-                return _data_scenario(args)
+            cfg = load_config(args.benchmark, args.overrides)
+            if cfg["setting"] == "scenario":
+                return _data_scenario(cfg, args.json)
             return _data_check(args)
         raise ConfigError(f"mmcl data: 'mm5' and 'msvqa-mini' generate data, a config (bundled name or YAML file) "
                           f"has its stream checked; got '{args.benchmark}'")
@@ -170,14 +171,13 @@ def _data(args) -> int:
     return 0
 
 
-def _data_scenario(args) -> int:
+def _data_scenario(cfg: dict, as_json: bool) -> int:
     """Read and check a scenario config's data (no training); print its steps, images and questions."""
     import json
 
     from mmcl.report import text_table
     from mmcl.settings import build_stream
 
-    cfg = load_config(args.benchmark, args.overrides)
     stream = build_stream(cfg)
 
     def counts(data) -> dict:
@@ -190,7 +190,7 @@ def _data_scenario(args) -> int:
                "base": ({"scenario": stream.info.get("base_scenario"), **counts(stream.pretrain)}
                         if stream.pretrain is not None else None),
                "left_out": stream.info.get("left_out", {})}
-    if args.json:
+    if as_json:
         print(json.dumps(summary, indent=1))
         return 0
     rows = [[s["name"], s["scenario"], *(str(s[k][c]) for k in ("train", "test") for c in ("images", "questions",

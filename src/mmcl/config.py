@@ -233,7 +233,7 @@ def _schema_for(cfg: dict) -> dict[str, Any]:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"config key 'setting' must be one of {', '.join(SETTINGS)}, got {setting!r}{hint}")
     scls = SETTINGS[setting]
-    schema = {k: v for k, v in flatten(BASE).items() if not k.startswith(tuple(scls.drops))}
+    schema = flatten(BASE)
     schema.update(flatten(scls.schema))
     schema.update(scls.extra_schema(cfg))
     bname = cfg.get("benchmark", {}).get("name") if isinstance(cfg.get("benchmark"), dict) else None

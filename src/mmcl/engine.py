@@ -30,7 +30,7 @@ from mmcl.config import diff_keys
 from mmcl.errors import ConfigError, DataError
 from mmcl.methods import METHODS, Method
 from mmcl.metrics import SUMMARY_KEYS, summary
-from mmcl.results import LOCK, MARKER, EventLog, RunDir, atomic_write_text, check_out_dir
+from mmcl.results import MARKER, EventLog, RunDir, atomic_write_text, check_out_dir
 from mmcl.settings import Setting, make_setting
 from mmcl.stream import Stream
 
@@ -190,7 +190,7 @@ class Engine:
         except BaseException:
             self.run_dir.release()
             path = self.run_dir.path
-            if self._made_dir and self.run_dir.writer and {f.name for f in path.iterdir()} <= {MARKER, LOCK}:
+            if self._made_dir and self.run_dir.writer and {f.name for f in path.iterdir()} <= {MARKER}:
                 shutil.rmtree(path)  # a refused run leaves nothing behind
             raise
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -53,7 +53,7 @@ def matrix_csv(matrix: list[list[float | None]], names: list[str]) -> str:
 
 
 MARKER = ".mmcl-run"  # in every run directory (what --force may replace); locked (flock) by the process running
-LOCK = MARKER  # there, and holding its pid
+#                        there, and holding its pid
 
 
 def is_run_dir(path: Path) -> bool:
@@ -94,7 +94,7 @@ class RunDir:
 
         from mmcl.errors import ConfigError
 
-        f = open(self.path / LOCK, "a+")
+        f = open(self.path / MARKER, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

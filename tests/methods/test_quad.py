@@ -12,9 +12,9 @@ import torch
 from mmcl import cli
 from mmcl.config import load_config
 from mmcl.settings import build_stream
-from mmcl.engine import Interrupted, build_method, run
+from mmcl.engine import build_method
 from mmcl.methods.quad import BLOCKS, Quad, attention_blocks
-from tests.harness import TINY_VLM, metrics_without_timing, scenario_cfg, sigterm_at_loss, train_step, write_cfg
+from tests.harness import TINY_VLM, interrupt_and_resume, scenario_cfg, train_step, write_cfg
 
 
 def steps_cfg(**method):
@@ -101,14 +101,8 @@ def test_attention_maps_have_the_expected_shapes_and_blocks():
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    cfg = steps_cfg()
-    run(cfg, str(tmp_path / "full"))
-    original = sigterm_at_loss(monkeypatch, Quad, 5)  # in the middle of step 3 (2 batches per step): teacher and replay set exist
-    with pytest.raises(Interrupted):
-        run(cfg, str(tmp_path / "cut"))
-    monkeypatch.setattr(Quad, "training_loss", original)
-    run(cfg, str(tmp_path / "cut"), resume=True)
-    assert metrics_without_timing(tmp_path / "cut") == metrics_without_timing(tmp_path / "full")
+    # in the middle of step 3 (2 batches per step): teacher and replay set exist
+    interrupt_and_resume(tmp_path, monkeypatch, Quad, steps_cfg(), 5)
 
 
 def test_mmcl_run_4_steps_and_bundled_config(tmp_path):

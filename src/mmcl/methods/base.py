@@ -34,19 +34,12 @@ from torch import nn
 
 from mmcl import distributed as dist
 from mmcl import seeds
+from mmcl.registry import registrar
 from mmcl.settings import Setting, make_setting
 from mmcl.stream import Experience, Stream
 
 METHODS: dict[str, type["Method"]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a method available as `method.name=<name>`."""
-    def deco(cls):
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return deco
+register = registrar(METHODS, "method (`method.name=<name>`)")
 
 
 class Method:

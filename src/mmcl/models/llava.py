@@ -384,8 +384,12 @@ class VLM(nn.Module):
     def loss(self, batch: dict) -> torch.Tensor:
         """Answer-token cross-entropy, each question weighted equally (`per_question_mean`).
         `batch` is from `VLM.batch`, or has images/questions/answers."""
+        return self.loss_and_logits(batch)[0]
+
+    def loss_and_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss` and, from the same forward pass, the answer-token logits (N, vocab) (for distillation)."""
         logits, target, rows = self.answer_logits(batch, with_rows=True)
-        return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
+        return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows), logits
 
     # -- region naming (base training's auxiliary objective)
     def region_targets(self, boxes: Sequence[Sequence], min_cover: float = 0.5) -> torch.Tensor:

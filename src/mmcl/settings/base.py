@@ -3,8 +3,8 @@
 A setting owns everything that differs between problem types, so the engine and the methods
 do not have to ask which one they are in:
 
-  config        `schema` (its config keys with defaults, beside the shared ones), `drops`
-                (shared keys that mean nothing here) and `check` (what a schema cannot see)
+  config        `schema` (its config keys with defaults, beside the shared ones), `choices`,
+                `ranges` and `check` (what a schema cannot see)
   data          `context` (what benchmark builders may read) and `build_stream`
   stages        `prepare`: work done once before the stream (the scenario base model), cached;
                 the engine runs it and records what it returns
@@ -27,18 +27,11 @@ import torch
 from torch import nn
 
 from mmcl.data.registry import BuildContext
+from mmcl.registry import registrar
 from mmcl.stream import Stream
 
 SETTINGS: dict[str, type["Setting"]] = {}
-
-
-def register_setting(name: str):
-    """Class decorator: make a setting available as `setting: <name>`."""
-    def deco(cls):
-        cls.name = name
-        SETTINGS[name] = cls
-        return cls
-    return deco
+register_setting = registrar(SETTINGS, "setting (`setting: <name>`)")
 
 
 @dataclass
@@ -80,8 +73,6 @@ class Setting:
     matrices: tuple[str, ...] = ()
     #: config keys of this setting (nested, with defaults) beside the shared ones of `mmcl.config.BASE`
     schema: dict[str, Any] = {}
-    #: shared config keys (dotted prefixes) that mean nothing in this setting
-    drops: tuple[str, ...] = ()
     #: closed sets of values of this setting's keys: dotted key -> allowed values
     choices: dict[str, tuple] = {}
     #: allowed ranges of this setting's numeric keys: dotted key -> ">=1", ">0", "[0,1)", ... (mmcl.config.in_range)

@@ -126,7 +126,6 @@ class ScenarioSetting(Setting):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self._base: tuple[int, dict, dict] | None = None  # (id of the pre-training data, weights, meta)
-        self._warned = False
 
     # -- config ---------------------------------------------------------------------------
     @classmethod
@@ -171,26 +170,30 @@ class ScenarioSetting(Setting):
                                    "scenario, so the stream trains an untrained model (expect empty answers and scores "
                                    "near 0); set benchmark.base_scenario=<a scenario of the training data> to train the "
                                    "base model on it first, or use a pretrained model (vlm.preset=hf:<dir>)")
-                if not self._warned:
-                    print(f"warning: {info['warning']}", file=sys.stderr, flush=True)
-                    self._warned = True
+                print(f"warning: {info['warning']}", file=sys.stderr, flush=True)
             return {"base_model": info}
+        from mmcl.scenario.base_model import base_info
+
+        meta = self._base_weights(stream, progress)[1]
+        return {"base_model": {"trained_on": stream.info.get("base_scenario"), "preset": preset, **base_info(meta)}}
+
+    def _base_weights(self, stream: Stream, progress: bool) -> tuple[dict, dict] | tuple[None, None]:
+        """(weights, meta) of the base model of `stream`'s pre-training data, loaded or trained once per setting
+        object; (None, None) without pre-training data."""
+        if stream.pretrain is None or not len(stream.pretrain):
+            return None, None
         if self._base is None or self._base[0] != id(stream.pretrain):
             from mmcl.scenario.base_model import base_weights
 
-            state, meta = base_weights(self.cfg, stream, progress=progress)
-            self._base = (id(stream.pretrain), state, meta)
-        from mmcl.scenario.base_model import base_info
-
-        return {"base_model": {"trained_on": stream.info.get("base_scenario"), "preset": preset,
-                               **base_info(self._base[2])}}
+            self._base = (id(stream.pretrain), *base_weights(self.cfg, stream, progress=progress))
+        return self._base[1], self._base[2]
 
     # -- model ----------------------------------------------------------------------------
     def build_model(self, stream: Stream) -> nn.Module:
         from mmcl.scenario.base_model import build_scenario_model
 
-        self.prepare(stream, progress=bool(self.cfg["logging"]["progress"]))
-        return build_scenario_model(self.cfg, self._base[1] if self._base is not None else None)
+        weights, _ = self._base_weights(stream, progress=bool(self.cfg["logging"]["progress"]))
+        return build_scenario_model(self.cfg, weights)
 
     def model_state(self, model):
         """LoRA, projector, trainable tower: the base model is rebuilt from its cache."""
@@ -203,21 +206,14 @@ class ScenarioSetting(Setting):
     # -- training -------------------------------------------------------------------------
     def loss_and_outputs(self, model, batch, num_classes, net=None):
         """Answer-token cross-entropy (each question weighted equally) and the answer-token logits (N, vocab)."""
-        from mmcl.models.llava import per_question_mean
-
-        logits, target, rows = model.answer_logits(self.tokens(model, batch), with_rows=True)
-        return per_question_mean(torch.nn.functional.cross_entropy(logits, target, reduction="none"), rows), logits
+        return model.loss_and_logits(batch)
 
     def loss(self, model, batch, num_classes, net=None):
         return model.loss(batch)
 
     def outputs(self, model, batch, num_classes):
         """The answer-token logits (N, vocab) of `batch`'s ground-truth answers, teacher-forced."""
-        return model.answer_logits(self.tokens(model, batch))[0]
-
-    @staticmethod
-    def tokens(model, batch: dict) -> dict:
-        return batch if "input_ids" in batch else model.batch(batch["images"], batch["questions"], batch["answers"])
+        return model.answer_logits(batch)[0]
 
     @staticmethod
     def batch_size(batch: dict) -> int:
