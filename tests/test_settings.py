@@ -92,4 +92,39 @@ def test_metrics_record_what_each_protocol_gave_the_model(tmp_path):
     m = run(tiny_cfg("finetune"), str(tmp_path / "r"))
     assert set(m["protocols"]) == {"modality_aware", "modality_agnostic"}
     assert "never its label" in m["protocols"]["modality_agnostic"]
-    assert "restricted to the classes of the sample's modality" in m["protocols"]["modality_aware"]
+    assert "restricted to the classes of that modality" in m["protocols"]["modality_aware"]
+    assert "nor its modality" in m["protocols"]["modality_agnostic"]
+
+
+def test_the_agnostic_protocol_hides_the_modality_from_the_method(tmp_path, monkeypatch):
+    """Under the modality-agnostic protocol a method that reads the true modality fails loudly; with the
+    modality known it may read it. Only the model's input projection gets the input format."""
+    import pytest
+
+    from mmcl.methods.comm import COMM
+    from tests.harness import tiny_token_cfg
+
+    def peeking(self, batch, num_classes, known_modality=False):
+        own = batch["m"]  # the true modality: allowed only when known
+        return self.model.logits(self.model(batch, prompts=self._own_prompts(self.model, batch, own)), num_classes)
+
+    monkeypatch.setattr(COMM, "predict", peeking)
+    cfg = tiny_token_cfg("comm", method={"name": "comm", "realign_per_class": 8, "relevance_epochs": 1})
+    with pytest.raises(KeyError, match="'m'"):
+        run(cfg, str(tmp_path / "r"))
+
+    from mmcl.settings.modality import agnostic_inputs
+    batch = {"tokens": torch.zeros(2, 3, 4), "mask": torch.ones(2, 3), "m": torch.tensor([0, 2])}
+    shown = agnostic_inputs(batch)
+    assert "m" not in shown and shown["format"].tolist() == [0, 2]
+
+
+def test_no_method_reads_the_input_format():
+    """'format' is the input projection's alone: no method file may read it (scanned)."""
+    import re
+    from pathlib import Path
+
+    import mmcl.methods
+
+    for f in Path(mmcl.methods.__file__).parent.glob("*.py"):
+        assert not re.search(r"""["']format["']""", f.read_text()), f"{f.name} reads the input format"

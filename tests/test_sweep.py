@@ -38,8 +38,8 @@ def test_sweep_tunes_on_validation_and_aggregates_seeds(tmp_path):
             m = json.loads((d / "metrics.json").read_text())
             assert m["stream_info"]["split"] == "validation" and m["seed"] == 0
     t = json.loads((out / "tuning.json").read_text())
-    best = max(t["lwf"]["scores"], key=t["lwf"]["scores"].get)
-    assert float(best) == t["lwf"]["value"] and t["lwf T=4"]["inherited_from"] == "lwf"
+    best = max(t["lwf"]["scores"]["alpha"], key=t["lwf"]["scores"]["alpha"].get)
+    assert float(best) == t["lwf"]["hparams"]["alpha"] and t["lwf T=4"]["inherited_from"] == "lwf"
     assert "finetune" not in t  # no search space: no tuning runs
     # final runs: every run x seed on the test split, with the chosen value
     for name in ("finetune", "lwf", "lwf_T_4"):
@@ -47,7 +47,7 @@ def test_sweep_tunes_on_validation_and_aggregates_seeds(tmp_path):
             m = json.loads((out / "runs" / name / f"seed{s}" / "metrics.json").read_text())
             assert m["seed"] == s and "split" not in m["stream_info"]
     cfg = yaml.safe_load((out / "runs" / "lwf_T_4" / "seed0" / "config.yaml").read_text())
-    assert cfg["method"]["alpha"] == t["lwf"]["value"] and cfg["method"]["temperature"] == 4.0
+    assert cfg["method"]["alpha"] == t["lwf"]["hparams"]["alpha"] and cfg["method"]["temperature"] == 4.0
     # the table's numbers are the mean and std of the per-seed metrics
     vals = [json.loads((out / "runs" / "lwf" / f"seed{s}" / "metrics.json").read_text())
             ["summary"]["modality_agnostic"]["last_acc"] for s in (0, 1)]
@@ -182,3 +182,53 @@ def test_bundled_configs_and_scenario_search_spaces():
     assert search_space("mm5-ewc", []) == {"ewc_lambda": [1e4, 1e5, 1e6]}  # modality: unchanged
     assert search_space("mm5-lwf", []) == {"alpha": [0.5, 1.0, 2.0]}
     assert load_config("mm5-er")["method"]["replay_batch_size"] == 0  # modality default unchanged
+
+
+def test_several_hyper_parameters_are_tuned_one_at_a_time(tmp_path, monkeypatch):
+    """Coordinate-wise: the second hyper-parameter's candidates run with the first's chosen value; the final
+    runs get every chosen value."""
+    from mmcl.methods.lwf import LwF
+
+    monkeypatch.setattr(LwF, "search_space", {"modality": {"alpha": [0.5, 2.0], "temperature": [1.0, 4.0]}})
+    (tmp_path / "tiny-lwf.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": "lwf"}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0], "runs": [{"name": "lwf", "config": str(tmp_path / "tiny-lwf.yaml")}]}))
+    out = tmp_path / "sweep"
+    res = Sweep(read_spec(str(spec)), out, quiet=True, in_process=True).run()
+    t = json.loads((out / "tuning.json").read_text())["lwf"]
+    assert list(t["scores"]) == ["alpha", "temperature"] and all(len(v) == 2 for v in t["scores"].values())
+    alpha = t["hparams"]["alpha"]
+    assert float(max(t["scores"]["alpha"], key=t["scores"]["alpha"].get)) == alpha
+    for T in ("1.0", "4.0"):  # the second round ran with the first round's choice
+        cfg = yaml.safe_load((out / "tune" / "lwf" / f"temperature={T}" / "config.yaml").read_text())
+        assert cfg["method"]["alpha"] == alpha and cfg["method"]["temperature"] == float(T)
+    for a in ("0.5", "2.0"):  # the first round kept the default temperature
+        cfg = yaml.safe_load((out / "tune" / "lwf" / f"alpha={a}" / "config.yaml").read_text())
+        assert cfg["method"]["temperature"] == LwF.Hparams().temperature
+    final = yaml.safe_load((out / "runs" / "lwf" / "seed0" / "config.yaml").read_text())
+    assert final["method"]["alpha"] == alpha and final["method"]["temperature"] == t["hparams"]["temperature"]
+    assert res["runs"]["lwf"]["hparam"] == t["hparams"]
+    md = (out / "results.md").read_text()
+    assert "- lwf: alpha in {" in md and "; then temperature in {" in md
+
+
+def test_bundled_returning_spec_is_valid_and_writes_its_own_doc_section(tmp_path):
+    """mm5-returning's tables go between markers named after the spec; the unnamed section is left alone."""
+    from mmcl.sweep import markers, write_doc
+
+    spec = read_spec("mm5-returning")
+    assert "stream.experiences_per_modality=2" in spec.overrides and spec.seeds == [0, 1, 2]
+    assert {"finetune", "er", "derpp", "slca", "comm", "comm -both"} <= {r.name for r in spec.runs}
+    doc = tmp_path / "r.md"
+    b0, e0 = markers()
+    b1, e1 = markers("mm5-returning")
+    doc.write_text(f"intro\n{b0}\nold main\n{e0}\nmiddle\n{b1}\nold returning\n{e1}\nend\n")
+    write_doc(doc, "NEW", "mmcl sweep mm5-returning", name="mm5-returning")
+    text = doc.read_text()
+    assert "old main" in text and "old returning" not in text and "NEW" in text
+    assert text.index("NEW") > text.index("middle") and text.endswith("end\n")
+    write_doc(doc, "MAIN", "mmcl sweep mm5", name="mm5")  # no markers of its own: the unnamed ones
+    assert "old main" not in doc.read_text() and "NEW" in doc.read_text()
+    (tmp_path / "bare.md").write_text("no markers\n")
+    with pytest.raises(ConfigError, match="expected the markers"):
+        write_doc(tmp_path / "bare.md", "x", "cmd", name="mm5-returning")

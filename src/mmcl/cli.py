@@ -121,7 +121,7 @@ def _sweep(args) -> int:
         from mmcl.sweep import write_doc
 
         cmd = f"mmcl sweep {args.spec} --out {args.out} --jobs {args.jobs} --doc {args.doc}"
-        write_doc(args.doc, markdown(res), cmd)
+        write_doc(args.doc, markdown(res), cmd, name=Path(args.spec).stem)
         print(f"tables written into {args.doc}")
     return 0
 

@@ -18,7 +18,10 @@ Tuning (the same budget for every method): a method class may declare candidates
 for the run's setting, every candidate
 is run once with `eval.split=validation` (a seeded per-class hold-out of the *training* data;
 the test split is never read) at the first seed, and the value with the best score (mean of
-`last_acc` over both protocols) is used for all seeds. `tune_as: NAME` reuses the choice of
+`last_acc` over both protocols) is used for all seeds. A method with several hyper-parameters is
+tuned one at a time, in the order it declares them (coordinate-wise): every candidate of the
+second runs with the first's chosen value, and so on; the others keep their defaults until their
+turn. `tune_as: NAME` reuses the choice of
 another run (ablations keep the full method's value). Choices and their validation scores are
 written to `tuning.json`.
 
@@ -204,28 +207,36 @@ class Sweep:
         return statistics.fmean(metrics["summary"][p]["last_acc"] for p in metrics["summary"])
 
     def tune(self) -> dict[str, dict]:
+        """{run name: {"hparams": {key: chosen value}, "scores": {key: {value: validation score}}}}, tuned
+        coordinate-wise: round i tries every run's i-th hyper-parameter with the earlier ones fixed."""
         if not self.spec.tune:
             return {}
         seed = self.spec.seeds[0]
         base = self.spec.overrides + [f"seed={seed}", "eval.split=validation"]
-        jobs, where = [], []
-        for r in self.spec.runs:
-            if r.tune_as is not None:
-                continue
-            for key, values in search_space(r.config, self.spec.overrides + r.overrides).items():
+        spaces = {r.name: (r, list(search_space(r.config, self.spec.overrides + r.overrides).items()))
+                  for r in self.spec.runs if r.tune_as is None}
+        spaces = {name: rs for name, rs in spaces.items() if rs[1]}
+        chosen = {name: {"hparams": {}, "scores": {}} for name in spaces}
+        total = sum(len(vs) for _, items in spaces.values() for _, vs in items)
+        if total:
+            self.log(f"tuning on validation data: {total} runs")
+        for rnd in range(max((len(items) for _, items in spaces.values()), default=0)):
+            jobs, where = [], []
+            for name, (r, items) in spaces.items():
+                if rnd >= len(items):
+                    continue
+                key, values = items[rnd]
+                fixed = [f"method.{k}={_fmt_value(v)}" for k, v in chosen[name]["hparams"].items()]
                 for v in values:
                     d = self.out / "tune" / _slug(r.name) / f"{key}={_fmt_value(v)}"
-                    jobs.append((d, r.config, base + r.overrides + [f"method.{key}={_fmt_value(v)}"]))
-                    where.append((r.name, key, v))
-        if jobs:
-            self.log(f"tuning on validation data: {len(jobs)} runs")
-        results = self._map(jobs)
-        chosen: dict[str, dict] = {}
-        for (name, key, v), m in zip(where, results):
-            c = chosen.setdefault(name, {"key": key, "scores": {}, "value": None})
-            c["scores"][_fmt_value(v)] = round(self.score(m), 4)
-            if c["value"] is None or self.score(m) > c["best"]:
-                c["value"], c["best"] = v, self.score(m)
+                    jobs.append((d, r.config, base + r.overrides + fixed + [f"method.{key}={_fmt_value(v)}"]))
+                    where.append((name, key, v))
+            best: dict[str, float] = {}
+            for (name, key, v), m in zip(where, self._map(jobs)):
+                c, score = chosen[name], self.score(m)
+                c["scores"].setdefault(key, {})[_fmt_value(v)] = round(score, 4)
+                if key not in c["hparams"] or score > best[name]:
+                    c["hparams"][key], best[name] = v, score
         for r in self.spec.runs:
             if r.tune_as is not None and r.tune_as in chosen:
                 chosen[r.name] = dict(chosen[r.tune_as], inherited_from=r.tune_as)
@@ -240,7 +251,7 @@ class Sweep:
         for r in self.spec.runs:
             extra = []
             if r.name in chosen:
-                extra = [f"method.{chosen[r.name]['key']}={_fmt_value(chosen[r.name]['value'])}"]
+                extra = [f"method.{k}={_fmt_value(v)}" for k, v in chosen[r.name]["hparams"].items()]
             for s in (r.seeds or self.spec.seeds):
                 jobs.append((self.out / "runs" / _slug(r.name) / f"seed{s}", r.config,
                              self.spec.overrides + r.overrides + extra + [f"seed={s}"]))
@@ -252,7 +263,7 @@ class Sweep:
             per_run.setdefault(name, []).append(m)
         summary = {name: aggregate(ms) for name, ms in per_run.items()}
         for name, s in summary.items():
-            s["hparam"] = ({chosen[name]["key"]: chosen[name]["value"]} if name in chosen else {})
+            s["hparam"] = dict(chosen[name]["hparams"]) if name in chosen else {}
         for r in self.spec.runs:
             summary[r.name]["seeds"] = list(r.seeds or self.spec.seeds)
         out = {"seeds": self.spec.seeds, "runs": summary, "tuning": chosen, "tables": self.spec.tables}
@@ -265,15 +276,27 @@ class Sweep:
 BEGIN, END = "<!-- sweep tables: begin (generated by mmcl sweep --doc) -->", "<!-- sweep tables: end -->"
 
 
-def write_doc(path: str | Path, md: str, command: str) -> None:
-    """Put the generated tables between the markers of `path` (created if missing), keeping the prose."""
+def markers(name: str | None = None) -> tuple[str, str]:
+    """The markers of a doc's generated-tables section; `name` (a spec's name) for a doc holding several."""
+    if name is None:
+        return BEGIN, END
+    return (f"<!-- sweep tables {name}: begin (generated by mmcl sweep --doc) -->", f"<!-- sweep tables {name}: end -->")
+
+
+def write_doc(path: str | Path, md: str, command: str, name: str | None = None) -> None:
+    """Put the generated tables between the markers of `path` (created if missing), keeping the prose: the
+    markers named after the spec (`name`) where the doc has them, else the unnamed ones."""
     path = Path(path)
-    block = f"{BEGIN}\n\nRegenerate with:\n\n    {command}\n\n{md}\n{END}"
     text = path.read_text() if path.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise ConfigError(f"{path}: expected the markers {BEGIN} ... {END}")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+    begin, end = markers(name)
+    if begin not in text:
+        begin, end = markers()
+    if begin not in text or end not in text:
+        named = f" (or {' ... '.join(markers(name))})" if name else ""
+        raise ConfigError(f"{path}: expected the markers {BEGIN} ... {END}{named}")
+    block = f"{begin}\n\nRegenerate with:\n\n    {command}\n\n{md}\n{end}"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, head + block + tail)
 
@@ -332,6 +355,9 @@ def markdown(res: dict) -> str:
         for name, c in res["tuning"].items():
             if "inherited_from" in c:
                 continue
-            scores = ", ".join(f"{v}: {s:.3f}" for v, s in c["scores"].items())
-            lines.append(f"- {name}: {c['key']} in {{{scores}}} -> {_fmt_value(c['value'])}")
+            steps = []
+            for key, scores in c["scores"].items():
+                tried = ", ".join(f"{v}: {s:.3f}" for v, s in scores.items())
+                steps.append(f"{key} in {{{tried}}} -> {_fmt_value(c['hparams'][key])}")
+            lines.append(f"- {name}: " + "; then ".join(steps))
     return "\n".join(lines) + "\n"

@@ -65,7 +65,7 @@ class PromptedAligner(nn.Module):
     def embed_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Input tokens projected per modality into the transformer width: (B, T, width)."""
         x = batch["tokens"].float()
-        m = batch["m"]
+        m = batch["format"] if "format" in batch else batch["m"]  # format: a modality-agnostic test batch
         h = x.new_zeros(*x.shape[:2], self.width)
         for k in torch.unique(m).tolist():
             sel = m == k

@@ -20,6 +20,16 @@ from mmcl.settings.base import EvalResult, Evaluator, Setting, register_setting,
 from mmcl.stream import MODALITIES, Stream
 
 
+def agnostic_inputs(batch: dict) -> dict:
+    """A test batch as the modality-agnostic protocol hands it to `predict`: the modality 'm' is gone; its
+    input format stays under 'format', which only the model's input projection reads (an audio file is not an
+    image), never a method's choice of prompts, experts, heads or classes (a test scans the method files)."""
+    out = without(batch, ("m",))
+    if "m" in batch:
+        out["format"] = batch["m"]
+    return out
+
+
 class ModalityEvaluator(Evaluator):
     """Accuracy under both protocols.
 
@@ -48,7 +58,7 @@ class ModalityEvaluator(Evaluator):
             preds_agn, preds_aw, ys = [], [], []
             for batch in exp.test.batches(bs):
                 inputs = without(batch, self.hidden)  # predict never sees the labels
-                logits = method.predict(inputs, n)
+                logits = method.predict(agnostic_inputs(inputs), n)
                 preds_agn.append(logits.argmax(1))
                 if method.uses_known_modality:  # modality-specific parameters, allowed only when aware
                     logits = method.predict(inputs, n, known_modality=True)
@@ -138,11 +148,11 @@ class ModalitySetting(Setting):
 
     def extra_metrics(self, rows, stream):
         """What each protocol handed the model at test time (recorded in metrics.json)."""
-        given = ("the sample's inputs (features or tokens) and its input format 'm', which selects the "
-                 "per-modality input projection; never its label")
+        given = "the sample's inputs (features or tokens); never its label"
         return {"protocols": {
-            "modality_aware": given + "; the prediction is restricted to the classes of the sample's modality, "
-                                      "and a method may use modality-specific parameters (known_modality=True)",
-            "modality_agnostic": given + "; the prediction is over every class seen so far, and a method must "
-                                         "infer any modality-specific choice from the sample (known_modality=False)",
+            "modality_aware": given + ", and its modality 'm': the prediction is restricted to the classes of that "
+                                      "modality, and a method may use modality-specific parameters (known_modality=True)",
+            "modality_agnostic": given + " nor its modality: only its input format ('format'), read by the per-modality "
+                                         "input projection alone; the prediction is over every class seen so far, and "
+                                         "a method infers any modality-specific choice from the sample (known_modality=False)",
         }}
