@@ -291,3 +291,53 @@ def test_comm_runs_end_to_end_and_forgets_less_than_finetune(tmp_path):
     ft_s, cm_s = ft["summary"]["modality_agnostic"], cm["summary"]["modality_agnostic"]
     assert cm_s["forgetting"] < ft_s["forgetting"] - 0.3, (cm_s, ft_s)
     assert cm_s["last_acc"] > ft_s["last_acc"] + 0.3, (cm_s, ft_s)
+
+
+def test_a_returning_modality_keeps_its_input_projection_unless_told_otherwise():
+    for freeze in (True, False):
+        m, stream, _ = _method(RETURNING, freeze_returning=freeze)
+        _experience(m, stream[0])
+        proj = {k: v.detach().clone() for k, v in m.model.input_proj["image"].state_dict().items()}
+        prompts = m.model.comm_prompts[MODALITIES.index("image")].detach().clone()
+        _experience(m, stream[1])  # image returns with new classes
+        same = all(torch.equal(v, m.model.input_proj["image"].state_dict()[k]) for k, v in proj.items())
+        assert same == freeze
+        assert not torch.equal(prompts, m.model.comm_prompts[MODALITIES.index("image")])  # prompts train (and merge)
+        # a modality seen for the first time trains its projection either way
+        m.experience = stream[2]
+        m.before_experience(stream[2])
+        assert any(p is m.model.input_proj["audio"].weight for p in m.param_groups())
+
+
+def test_drift_map_recovers_an_affine_drift():
+    m, _, _ = _method(RETURNING, drift_ridge=1e-6)
+    g = torch.Generator().manual_seed(0)
+    old = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    A = torch.eye(6, dtype=torch.float64) + 0.3 * torch.randn(6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    A_hat, b_hat = m.drift_map(old, old @ A + b)
+    torch.testing.assert_close(A_hat, A, atol=1e-4, rtol=0)
+    torch.testing.assert_close(b_hat, b, atol=1e-4, rtol=0)
+    strong, _, _ = _method(RETURNING, drift_ridge=1e6)  # a strong ridge keeps the identity: no compensation
+    A_id, b_id = strong.drift_map(old, old @ A + b)
+    assert (A_id - torch.eye(6, dtype=torch.float64)).abs().max() < 1e-3 and b_id.abs().max() < 1e-3
+
+
+def test_drift_compensation_moves_stale_statistics_towards_the_current_features():
+    """When image returns and its projection trains (freeze_returning off, so the drift is large), the stored
+    means of its earlier classes are carried towards where the current model puts those classes; with
+    `drift=false` they stay where the earlier model put them."""
+    means = {}
+    for drift in (True, False):
+        m, stream, _ = _method(RETURNING, freeze_returning=False, drift=drift)
+        _experience(m, stream[0])
+        stale = {c: m.class_stats.mean[c].clone() for c in stream[0].classes}
+        _experience(m, stream[1], steps=30)
+        true = m.pre_head(stream[0].train, MODALITIES.index("image")).double()
+        W = m.model.width
+        err = lambda mu, c: (mu[:W] - true[stream[0].train["y"] == c][:, :W].mean(0)).norm().item()  # noqa: E731
+        means[drift] = {c: (err(stale[c], c), err(m.class_stats.mean[c], c)) for c in stream[0].classes}
+        assert m.teacher is None  # the start-of-experience copy is dropped after the experience
+    for c, (before, after) in means[True].items():
+        assert after < 0.7 * before, (c, before, after)
+    assert all(after == before for before, after in means[False].values())

@@ -133,3 +133,26 @@ def test_switches_off_is_finetune_and_each_switch_changes_the_outcome(tmp_path):
         losses[v, c] = [e["loss"] for e in events if e["event"] == "train"]
     assert losses[True, False] != losses[False, False]  # VRE changes training
     assert losses[True, True] != losses[True, False]  # VCC changes training (from step 2 on)
+
+
+def test_frozen_tower_control_trains_unifiers_budget_without_the_branches():
+    """`finetune` with `vlm.train_vision=false` (the control row of the UNIFIER comparison) trains what UNIFIER
+    trains outside its VRE parameters (projector, LoRA) and nothing of the vision tower; UNIFIER's only extra
+    trainables are its current branch and the VRE projector. Without the switch, finetune trains the tower."""
+    cfg = steps_cfg()
+    stream = build_stream(cfg)
+    uni = build_method(stream, cfg)
+    uni.begin_experience(stream[0])
+    frozen_cfg = scenario_cfg(method={"name": "finetune"}, vlm={"train_vision": False},
+                              train={"epochs": 1, "batch_size": 8, "lr": 3e-3})
+    ctrl = build_method(stream, frozen_cfg)
+    ctrl.begin_experience(stream[0])
+    names = lambda m: {n for n, p in m.model.named_parameters() if p.requires_grad}  # noqa: E731
+    extra = names(uni) - names(ctrl)
+    assert names(ctrl) <= names(uni) and extra and all(".vre." in n for n in extra)
+    assert not any("vision_tower." in n for n in names(ctrl))
+    tower = {n: p.detach().clone() for n, p in ctrl.model.vision_tower.named_parameters()}
+    train_step(ctrl, stream[0])
+    assert all(torch.equal(v, dict(ctrl.model.vision_tower.named_parameters())[n]) for n, v in tower.items())
+    full = build_method(stream, scenario_cfg(method={"name": "finetune"}, train={"epochs": 1, "batch_size": 8, "lr": 3e-3}))
+    assert any("vision_tower." in n and ".vre." not in n for n in names(full))  # the default trains the tower
