@@ -212,6 +212,22 @@ def test_several_hyper_parameters_are_tuned_one_at_a_time(tmp_path, monkeypatch)
     assert "- lwf: alpha in {" in md and "; then temperature in {" in md
 
 
+def test_a_tie_keeps_the_configured_value(tmp_path, monkeypatch):
+    """A hyper-parameter that does not act on the stream scores the same for every candidate: the configured
+    value is kept, not the first candidate."""
+    from mmcl.methods.lwf import LwF
+
+    monkeypatch.setattr(LwF, "search_space", {"modality": {"temperature": [1.0, 2.0, 4.0]}})
+    (tmp_path / "tiny-lwf.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": "lwf", "alpha": 0.0}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0], "runs": [{"name": "lwf", "config": str(tmp_path / "tiny-lwf.yaml")}]}))
+    out = tmp_path / "sweep"
+    Sweep(read_spec(str(spec)), out, quiet=True, in_process=True).run()
+    t = json.loads((out / "tuning.json").read_text())["lwf"]
+    assert len(set(t["scores"]["temperature"].values())) == 1  # alpha = 0: the temperature does nothing
+    assert t["hparams"]["temperature"] == LwF.Hparams().temperature == 2.0
+
+
 def test_bundled_returning_spec_is_valid_and_writes_its_own_doc_section(tmp_path):
     """mm5-returning's tables go between markers named after the spec; the unnamed section is left alone."""
     from mmcl.sweep import markers, write_doc

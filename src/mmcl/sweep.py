@@ -21,7 +21,7 @@ the test split is never read) at the first seed, and the value with the best sco
 `last_acc` over both protocols) is used for all seeds. A method with several hyper-parameters is
 tuned one at a time, in the order it declares them (coordinate-wise): every candidate of the
 second runs with the first's chosen value, and so on; the others keep their defaults until their
-turn. `tune_as: NAME` reuses the choice of
+turn. Candidates that tie (a hyper-parameter that does not act on the stream) keep the configured value. `tune_as: NAME` reuses the choice of
 another run (ablations keep the full method's value). Choices and their validation scores are
 written to `tuning.json`.
 
@@ -217,6 +217,8 @@ class Sweep:
                   for r in self.spec.runs if r.tune_as is None}
         spaces = {name: rs for name, rs in spaces.items() if rs[1]}
         chosen = {name: {"hparams": {}, "scores": {}} for name in spaces}
+        configured = {name: load_config(r.config, self.spec.overrides + r.overrides)["method"]
+                      for name, (r, _) in spaces.items()}
         total = sum(len(vs) for _, items in spaces.values() for _, vs in items)
         if total:
             self.log(f"tuning on validation data: {total} runs")
@@ -231,12 +233,14 @@ class Sweep:
                     d = self.out / "tune" / _slug(r.name) / f"{key}={_fmt_value(v)}"
                     jobs.append((d, r.config, base + r.overrides + fixed + [f"method.{key}={_fmt_value(v)}"]))
                     where.append((name, key, v))
-            best: dict[str, float] = {}
+            best: dict[str, tuple] = {}
             for (name, key, v), m in zip(where, self._map(jobs)):
                 c, score = chosen[name], self.score(m)
                 c["scores"].setdefault(key, {})[_fmt_value(v)] = round(score, 4)
-                if key not in c["hparams"] or score > best[name]:
-                    c["hparams"][key], best[name] = v, score
+                # a tie (a hyper-parameter that does not act on this stream) keeps the configured value
+                rank = (score, _fmt_value(v) == _fmt_value(configured[name].get(key)))
+                if key not in c["hparams"] or rank > best[name]:
+                    c["hparams"][key], best[name] = v, rank
         for r in self.spec.runs:
             if r.tune_as is not None and r.tune_as in chosen:
                 chosen[r.name] = dict(chosen[r.tune_as], inherited_from=r.tune_as)
