@@ -32,7 +32,7 @@ finished; it does not stop them, and the next invocation runs it again.
 Backends: `local` (the default) runs `--jobs` runs at a time on this machine, each in its own
 `python -m mmcl run` process; `ray` (`pip install mmcl[ray]`) submits every run as a Ray task
 of the same command, asking for the run's resources (`threads` CPUs, at least one; a GPU when
-its config's `device` names one), on a local Ray instance or an existing cluster (`--address`).
+its config names a CUDA `device`, a key configs do not have yet), on a local Ray instance or an existing cluster (`--address`).
 Tuning runs go first and the final runs follow with the chosen values, as locally.
 """
 from __future__ import annotations
