@@ -15,9 +15,11 @@ Each side is evaluated on the test stream before training and after every experi
 on first use with the same torch wheel, installed first so pip keeps it); mmcl never imports it.
 
 Data: the cached `animals` features (5 experiences) and a `synthetic` stream of 50 experiences.
-Sides alternate, `--repeats` times; medians are printed. Per side: the whole process (a fresh
-interpreter, imports included), the training loop (every experience's training and memory
-update), evaluation, the last experience's training time over the second one's (the memory is
+Sides alternate, `--repeats` times; medians are printed. Per side, in wall and in CPU seconds (the
+processes' own, which other work on a shared machine disturbs far less; the closing line uses
+`--clock`, CPU by default): the whole process (a fresh interpreter, imports included), the
+training loop (every experience's training and memory update; mmcl: from its events, which carry
+both clocks), evaluation, the last experience's training time over the second one's (the memory is
 full from the second experience on; on the 50-experience stream each is the median of 5 neighbouring
 experiences) and the final accuracy (`last_acc`).
 
@@ -41,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 AVALANCHE = "avalanche-lib==0.6.0"
 BATCH = 64  # both sides' batch size (and replayed samples per batch)
+CLOCKS = ("wall", "cpu")
 #: the mmcl config of each workload (overrides on top of animals-er)
 WORKLOADS = {
     "animals": [],
@@ -129,21 +132,27 @@ def avalanche_side(data_file: str) -> dict:
                      train_epochs=t["epochs"], eval_mb_size=d["eval_batch_size"],
                      plugins=[replay, seen_classes], evaluator=evaluator)
 
-    def evaluate(after: int) -> tuple[float, dict]:
-        seen = bench.test_stream if d["future"] or after < 0 else bench.test_stream[:after + 1]
-        t0 = time.perf_counter()
-        res = strategy.eval(seen)
-        return time.perf_counter() - t0, res
+    def clocks():
+        return time.perf_counter(), time.process_time()
 
-    eval_s, exp_s = evaluate(-1)[0], []
+    def evaluate(after: int) -> tuple[tuple[float, float], dict]:
+        seen = bench.test_stream if d["future"] or after < 0 else bench.test_stream[:after + 1]
+        t0 = clocks()
+        res = strategy.eval(seen)
+        return tuple(b - a for a, b in zip(t0, clocks())), res
+
+    evals, exps_t = [evaluate(-1)[0]], []
     for i, exp in enumerate(bench.train_stream):
-        t0 = time.perf_counter()
+        t0 = clocks()
         strategy.train(exp)
-        exp_s.append(time.perf_counter() - t0)
+        exps_t.append(tuple(b - a for a, b in zip(t0, clocks())))
         dt, res = evaluate(i)
-        eval_s += dt
+        evals.append(dt)
     accs = [res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] for j in range(len(exps))]
-    return {"train_s": sum(exp_s), "eval_s": eval_s, "exp_s": exp_s, "last_acc": sum(accs) / len(accs)}
+    return {"wall": {"train": sum(w for w, _ in exps_t), "eval": sum(w for w, _ in evals),
+                     "exp": [w for w, _ in exps_t]},
+            "cpu": {"train": sum(c for _, c in exps_t), "eval": sum(c for _, c in evals), "exp": [c for _, c in exps_t]},
+            "last_acc": sum(accs) / len(accs)}
 
 
 # -- the mmcl side and the driver --------------------------------------------------------------------------
@@ -181,27 +190,39 @@ def export(workload: str, buffer: int, path: Path, fused: bool) -> None:
                 "future": cfg["eval"]["future"], "fused": fused}, path)
 
 
-def mmcl_side(workload: str, buffer: int, out: Path) -> tuple[float, dict]:
+def mmcl_side(workload: str, buffer: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "mmcl", "run", "animals-er", *mmcl_overrides(workload, buffer),
            "logging.progress=false", "report=false", "--out", str(out), "--force"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
+    process, _ = measured(subprocess.run, cmd, check=True, stdout=subprocess.DEVNULL)
     m = json.loads((out / "metrics.json").read_text())
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    start = {e["exp"]: e["time"] for e in events if e["event"] == "experience_start"}
-    exp_s = [e["time"] - start[e["exp"]] for e in events if e["event"] == "experience_end"]  # training + memory
-    return wall, {"train_s": sum(exp_s), "eval_s": m["timing"]["eval_s"], "exp_s": exp_s,
-                  "last_acc": m["summary"]["modality_agnostic"]["last_acc"]}
+    res = {"last_acc": m["summary"]["modality_agnostic"]["last_acc"]}
+    for clock, key in (("wall", "time"), ("cpu", "cpu")):  # every event carries both clocks
+        start = {e["exp"]: e[key] for e in events if e["event"] == "experience_start"}
+        exp = [e[key] - start[e["exp"]] for e in events if e["event"] == "experience_end"]  # training + memory
+        evals = [e[key] - prev[key] for prev, e in zip(events, events[1:]) if e["event"] == "eval"]
+        res[clock] = {"train": sum(exp), "eval": sum(evals), "exp": exp, "process": process[clock == "cpu"]}
+    return res
 
 
-def avalanche_run(python: Path, data_file: Path) -> tuple[float, dict]:
-    t0 = time.perf_counter()
-    p = subprocess.run([str(python), __file__, "--side", "avalanche", "--exchange", str(data_file)],
-                       capture_output=True, text=True)
+def measured(fn, *args, **kw) -> tuple[tuple[float, float], object]:
+    """`fn(*args, **kw)` (which runs a child process) with its child's wall and CPU (user + system) seconds."""
+    import resource
+
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    out = fn(*args, **kw)
+    r1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    return (wall, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime), out
+
+
+def avalanche_run(python: Path, data_file: Path) -> dict:
+    process, p = measured(subprocess.run, [str(python), __file__, "--side", "avalanche", "--exchange",
+                                           str(data_file)], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"the Avalanche side failed (exit status {p.returncode}):\n{p.stderr[-3000:]}")
-    return time.perf_counter() - t0, json.loads(p.stdout.strip().splitlines()[-1])
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["wall"]["process"], res["cpu"]["process"] = process
+    return res
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -245,6 +266,9 @@ def main() -> int:
     ap.add_argument("--buffer", type=int, default=200, help="replay memory size (samples, class-balanced)")
     ap.add_argument("--fused-avalanche", action="store_true",
                     help="give Avalanche's Adam torch's fused kernel too (mmcl's engine uses it): framework overhead only")
+    ap.add_argument("--clock", choices=CLOCKS, default="cpu",
+                    help="the closing line's time: the processes' CPU seconds (default: robust on a shared machine) "
+                         "or wall seconds (both are printed per workload)")
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv-avalanche", help="Avalanche's virtual environment")
     ap.add_argument("--side", choices=("avalanche",), help=argparse.SUPPRESS)
     ap.add_argument("--exchange", help=argparse.SUPPRESS)
@@ -260,43 +284,49 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.data:
             data_file = Path(tmp) / f"{workload}.pt"
-            export(workload, args.buffer, data_file, args.fused_avalanche)  # also warms mmcl's feature cache outside the timings
+            export(workload, args.buffer, data_file, args.fused_avalanche)  # warms mmcl's cache outside the timings
             runs = {"mmcl": [], "avalanche": []}
             loads = [load_average()]
             for r in range(args.repeats):  # alternate the sides; the first side alternates too
                 for side in (("mmcl", "avalanche") if r % 2 == 0 else ("avalanche", "mmcl")):
-                    wall, res = (mmcl_side(workload, args.buffer, Path(tmp) / "run") if side == "mmcl"
-                                 else avalanche_run(python, data_file))
-                    runs[side].append({**res, "wall_s": wall})
+                    runs[side].append(mmcl_side(workload, args.buffer, Path(tmp) / "run") if side == "mmcl"
+                                      else avalanche_run(python, data_file))
                 loads.append(load_average())
-            med = {side: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "train_s", "eval_s")}
-                   for side, rs in runs.items()}
+            med = {side: {clock: {k: statistics.median(x[clock][k] for x in rs) for k in ("process", "train", "eval")}
+                          for clock in CLOCKS} for side, rs in runs.items()}
             for side, rs in runs.items():
-                med[side]["growth"] = statistics.median(growth(x["exp_s"]) for x in rs)
+                for clock in CLOCKS:
+                    med[side][clock]["growth"] = statistics.median(growth(x[clock]["exp"]) for x in rs)
                 med[side]["acc"] = statistics.median(x["last_acc"] for x in rs)
-            n_exp = len(runs["mmcl"][0]["exp_s"])
+            n_exp = len(runs["mmcl"][0]["wall"]["exp"])
             print(f"\n{workload}: {n_exp} experiences, replay of {args.buffer} samples (class-balanced), batch {BATCH}"
                   f"+{BATCH}, one torch thread, median of {args.repeats} alternating runs; load average "
                   f"(1/5/15 min) {' -> '.join(loads)}")
-            print(f"{'':10s}{'process s':>10s}{'train s':>9s}{'eval s':>8s}{'last/2nd exp':>13s}{'last_acc':>9s}"
-                  f"   runs (process s)")
+            print(f"{'':10s}{'':6s}{'process s':>10s}{'train s':>9s}{'eval s':>8s}{'last/2nd':>9s}{'last_acc':>9s}"
+                  f"   process s of each run")
             for side in ("mmcl", "avalanche"):
-                m, walls = med[side], ", ".join(f"{x['wall_s']:.2f}" for x in runs[side])
-                print(f"{side:10s}{m['wall_s']:10.2f}{m['train_s']:9.2f}{m['eval_s']:8.2f}{m['growth']:13.2f}"
-                      f"{m['acc']:9.3f}   {walls}")
+                for clock in CLOCKS:
+                    m, each = med[side][clock], ", ".join(f"{x[clock]['process']:.2f}" for x in runs[side])
+                    acc = f"{med[side]['acc']:.3f}" if clock == "wall" else ""
+                    print(f"{side if clock == 'wall' else '':10s}{clock:6s}{m['process']:10.2f}{m['train']:9.2f}"
+                          f"{m['eval']:8.2f}{m['growth']:9.2f}{acc:>9}   {each}")
             a, b = med["mmcl"], med["avalanche"]
-            print(f"mmcl/avalanche: process {a['wall_s'] / b['wall_s']:.2f}, training {a['train_s'] / b['train_s']:.2f}, "
-                  f"evaluation {a['eval_s'] / b['eval_s']:.2f}; accuracy difference {a['acc'] - b['acc']:+.3f}")
+            for clock in CLOCKS:
+                print(f"mmcl/avalanche ({clock}): process {a[clock]['process'] / b[clock]['process']:.2f}, training "
+                      f"{a[clock]['train'] / b[clock]['train']:.2f}, evaluation {a[clock]['eval'] / b[clock]['eval']:.2f}")
+            print(f"accuracy difference (mmcl - avalanche): {a['acc'] - b['acc']:+.3f}")
             summary[workload] = med
-    # the closing line (scripts read it): whole process and training over all workloads, growth at the longest
-    tot = {side: {k: sum(summary[w][side][k] for w in summary) for k in ("wall_s", "train_s")}
-           for side in ("mmcl", "avalanche")}
+    # the closing line (scripts read it): whole process and training summed over the workloads, growth on the
+    # longest stream, accuracy on the first; in `--clock` time
+    c = args.clock
+    tot = {side: {k: sum(summary[w][side][c][k] for w in summary) for k in ("process", "train")} for side in runs}
     longest = "synthetic" if "synthetic" in summary else next(iter(summary))
-    acc = "animals" if "animals" in summary else longest
-    print(f"\nmmcl/avalanche: whole process {tot['mmcl']['wall_s'] / tot['avalanche']['wall_s']:.2f}, training loop "
-          f"{tot['mmcl']['train_s'] / tot['avalanche']['train_s']:.2f}, last/second experience mmcl "
-          f"{summary[longest]['mmcl']['growth']:.2f} avalanche {summary[longest]['avalanche']['growth']:.2f}, "
-          f"accuracy mmcl {summary[acc]['mmcl']['acc']:.3f} avalanche {summary[acc]['avalanche']['acc']:.3f}")
+    first = next(iter(summary))
+    print(f"\n({c} time, {' + '.join(summary)})")
+    print(f"mmcl/avalanche: whole process {tot['mmcl']['process'] / tot['avalanche']['process']:.2f}, training loop "
+          f"{tot['mmcl']['train'] / tot['avalanche']['train']:.2f}, last/second experience mmcl "
+          f"{summary[longest]['mmcl'][c]['growth']:.2f} avalanche {summary[longest]['avalanche'][c]['growth']:.2f}, "
+          f"accuracy mmcl {summary[first]['mmcl']['acc']:.3f} avalanche {summary[first]['avalanche']['acc']:.3f}")
     return 0
 
 

@@ -182,6 +182,7 @@ class Engine:
         if state is not None:
             self.events.log("resume", position=vars(self.pos), events_repaired=self.events.repaired)
         else:
+            self.events.log("run_start", experiences=len(self.stream))
             for name, info in self.stages.items():
                 self.events.log("stage", name=name, **info)
 
