@@ -3,8 +3,9 @@
 Both sides learn the same stream with the same `nn.Module` (mmcl's TextAlignedClassifier, loaded on
 the Avalanche side from its source file, which imports only torch), the same initial weights, the
 same experience replay (a class-balanced memory of `--buffer` samples; every batch of 64 current
-samples joined by 64 drawn from the memory), the same batch size, epochs, optimiser (Adam, reset at
-every experience) and seed, one torch thread each. mmcl's engine runs Adam with torch's fused
+samples joined by 64 drawn from the memory), the same batch size, epochs, optimiser (Adam, its state
+kept across experiences as Avalanche does: mmcl's `train.reset_optimizer=false`) and seed, one
+torch thread each. mmcl's engine runs Adam with torch's fused
 kernel; Avalanche's optimiser is built as its examples build it (`--fused-avalanche`: fused too).
 mmcl runs `mmcl run ... method=er` (its run directory, events and a checkpoint after every
 experience included); Avalanche runs experience replay as its docs build a class-balanced one:
@@ -157,8 +158,9 @@ def avalanche_side(data_file: str) -> dict:
 
 # -- the mmcl side and the driver --------------------------------------------------------------------------
 def mmcl_overrides(workload: str, buffer: int) -> list[str]:
-    return ["method=er", f"method.buffer_size={buffer}", f"train.batch_size={BATCH}", "threads=1",
-            *WORKLOADS[workload]]
+    # Avalanche keeps the optimiser's state from one experience to the next (mmcl's default resets it)
+    return ["method=er", f"method.buffer_size={buffer}", f"train.batch_size={BATCH}", "train.reset_optimizer=false",
+            "threads=1", *WORKLOADS[workload]]
 
 
 def export(workload: str, buffer: int, path: Path, fused: bool) -> None:
