@@ -27,7 +27,8 @@ under `tune/`, and `results.md` / `results.json` with mean ± std over seeds of 
 `avg_inc_acc`, `forgetting` and `bwt` for both protocols. A finished run whose saved config
 equals the one the spec asks for is reused, so an interrupted sweep continues where it stopped.
 A run that fails (or is killed) is reported with the tail of its log once the others have
-finished; it does not stop them, and the next invocation runs it again.
+finished; it does not stop them, and the next invocation runs it again. (A failed tuning run stops
+the sweep before the final runs, which need every choice.)
 
 Backends: `local` (the default) runs `--jobs` runs at a time on this machine, each in its own
 `python -m mmcl run` process; `ray` (`pip install mmcl[ray]`) submits every run as a Ray task
