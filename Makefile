@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # Debian packages the embedded mm5 data is made from: speech synthesis and the fortunes quotes.
 DEBS   := espeak-ng fortunes
 
-.PHONY: setup run test bench clean debs
+.PHONY: setup run test bench bench-avalanche clean debs
 
 setup: $(STAMP)
 
@@ -41,5 +41,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
+# mmcl against Avalanche on the same replay workload; Avalanche gets its own venv (.venv-avalanche, made once)
+bench-avalanche: setup
+	$(BIN)/python benchmarks/vs_avalanche.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-avalanche runs

@@ -74,3 +74,16 @@ def test_sampling_and_state_are_reproducible():
     c.load_state_dict(a.state_dict())
     assert torch.equal(c.data["x"], a.data["x"]) and c.capacity == 12
     assert not torch.equal(fill(1)[0].data["x"], a.data["x"])
+
+
+def test_length_follows_every_change_of_the_memory():
+    g = torch.Generator().manual_seed(0)
+    buf = ReplayBuffer(10)
+    few = _set([0], 3)
+    buf.add(few, few["y"], g)
+    assert len(buf) == 3 and len(buf.sample(8, g)["x"]) == 3
+    more = _set([1], 50, offset=1000)
+    buf.add(more, more["y"], g)
+    assert len(buf) == 8 and len(buf.sample(20, g)["x"]) == 8  # 3 of class 0 (all it had) + its quota of 5
+    buf.load_state_dict(ReplayBuffer(10).state_dict())
+    assert len(buf) == 0

@@ -42,9 +42,12 @@ class ReplayBuffer:
         self.columns = tuple(columns) if columns is not None else None
         self.groups: dict[Hashable, dict[str, Any]] = {}  # in order of arrival
         self._flat: dict[str, Any] | None = None  # the groups concatenated (cached)
+        self._n: int | None = None  # their length (cached)
 
     def __len__(self) -> int:
-        return sum(_len(g) for g in self.groups.values())
+        if self._n is None:  # one sum per change of the memory, not one per group at every draw
+            self._n = sum(_len(g) for g in self.groups.values())
+        return self._n
 
     def _quotas(self, keys: list) -> dict:
         base, extra = divmod(self.capacity, len(keys))
@@ -73,7 +76,7 @@ class ReplayBuffer:
             cols = data.take(idx)
             self.groups[k] = {c: (v.clone() if isinstance(v, torch.Tensor) else list(v)) for c, v in cols.items()
                               if self.columns is None or c in self.columns}
-        self._flat = None
+        self._flat = self._n = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -95,7 +98,7 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.capacity, self.group_by, self.columns = state["capacity"], state["group_by"], state["columns"]
         self.groups = {k: dict(v) for k, v in state["groups"]}
-        self._flat = None
+        self._flat = self._n = None
 
 
 def _len(columns: dict) -> int:

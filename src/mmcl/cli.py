@@ -108,10 +108,14 @@ def _compare(args) -> int:
 
 
 def _sweep(args) -> int:
-    from mmcl.sweep import Sweep, read_spec
+    from mmcl.sweep import Sweep, SweepFailed, read_spec
 
     spec = read_spec(args.spec)
-    res = Sweep(spec, args.out, jobs=args.jobs).run()
+    try:
+        res = Sweep(spec, args.out, jobs=args.jobs, backend=args.backend, address=args.address).run()
+    except SweepFailed as e:
+        print(f"mmcl: error: {e}", file=sys.stderr)
+        return 1
     from mmcl.sweep import markdown
 
     print()
@@ -120,7 +124,8 @@ def _sweep(args) -> int:
     if args.doc:
         from mmcl.sweep import write_doc
 
-        cmd = f"mmcl sweep {args.spec} --out {args.out} --jobs {args.jobs} --doc {args.doc}"
+        how = f"--jobs {args.jobs}" if args.backend == "local" else f"--backend {args.backend}"
+        cmd = f"mmcl sweep {args.spec} --out {args.out} {how} --doc {args.doc}"
         write_doc(args.doc, markdown(res), cmd, name=Path(args.spec).stem)
         print(f"tables written into {args.doc}")
     return 0
@@ -284,6 +289,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("spec", help="bundled sweep name (e.g. mm5) or a sweep YAML path")
     sw.add_argument("--out", required=True, help="sweep directory (runs, tuning.json, results.md)")
     sw.add_argument("--jobs", type=int, default=1, help="runs in parallel (each run's threads: spec overrides)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local",
+                    help="local: --jobs processes on this machine; ray: every run a Ray task (pip install 'mmcl[ray]')")
+    sw.add_argument("--address", help="with --backend ray: join this Ray cluster (e.g. 10.0.0.1:6379) instead of "
+                                      "starting a local instance")
     sw.add_argument("--doc", help="markdown file whose generated-tables section is replaced by the tables")
     sw.set_defaults(fn=_sweep)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")

@@ -40,6 +40,7 @@ BASE: dict[str, Any] = {
         "momentum": 0.9,
         "weight_decay": 0.0,
         "reset_optimizer": True,  # new optimiser state at every experience
+        "fused": False,  # torch's fused Adam/SGD kernel: a faster step, not bitwise equal to the default kernel
     },
     "eval": {
         "batch_size": 1024,

@@ -223,7 +223,8 @@ class EventLog:
     def log(self, event: str, step: int | None = None, **fields: Any) -> None:
         if not self.enabled:
             return
-        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        # wall clock, and this process's CPU seconds (what a phase cost, also on a machine shared with other work)
+        rec = {"event": event, "time": round(time.time(), 3), "cpu": round(time.process_time(), 3), **fields}
         self._f.write(json.dumps(rec) + "\n")
         if self._tb is not None and step is not None:
             for k, v in fields.items():

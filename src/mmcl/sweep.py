@@ -29,6 +29,15 @@ Everything lands in `--out`: one run directory per (run, seed) under `runs/`, th
 under `tune/`, and `results.md` / `results.json` with mean ± std over seeds of `last_acc`,
 `avg_inc_acc`, `forgetting` and `bwt` for both protocols. A finished run whose saved config
 equals the one the spec asks for is reused, so an interrupted sweep continues where it stopped.
+A run that fails (or is killed) is reported with the tail of its log once the others have
+finished; it does not stop them, and the next invocation runs it again. (A failed tuning run stops
+the sweep before the final runs, which need every choice.)
+
+Backends: `local` (the default) runs `--jobs` runs at a time on this machine, each in its own
+`python -m mmcl run` process; `ray` (`pip install mmcl[ray]`) submits every run as a Ray task
+of the same command, asking for the run's resources (`threads` CPUs, at least one; a GPU when
+its config names a CUDA `device`, a key configs do not have yet), on a local Ray instance or an existing cluster (`--address`).
+Tuning runs go first and the final runs follow with the chosen values, as locally.
 """
 from __future__ import annotations
 
@@ -45,7 +54,7 @@ from pathlib import Path
 import yaml
 
 from mmcl.config import ConfigError, find_config, load_config
-from mmcl.results import RunDir, atomic_write_text
+from mmcl.results import RunDir, atomic_write_bytes, atomic_write_text
 
 METRICS = ("last_acc", "avg_inc_acc", "forgetting", "bwt")
 PROTOCOLS = ("modality_aware", "modality_agnostic")  # the modality setting's; a run's own come from its metrics
@@ -53,6 +62,7 @@ PROTOCOLS = ("modality_aware", "modality_agnostic")  # the modality setting's; a
 LABELS = {"modality_aware": "aware", "modality_agnostic": "agnostic", "vqa": "VQA", "grounding_f1": "F1"}
 _SPEC_KEYS = {"seeds", "overrides", "runs", "tables", "tune"}
 _RUN_KEYS = {"name", "config", "overrides", "tune_as", "seeds"}
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -151,11 +161,68 @@ def _fmt_value(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep failed; the others finished. The message names each with its log tail."""
+
+    def __init__(self, failures: list[str]):
+        self.failures = failures
+        super().__init__(f"{len(failures)} run{'s' if len(failures) > 1 else ''} failed (the others finished; "
+                         f"the next invocation runs {'them' if len(failures) > 1 else 'it'} again):\n"
+                         + "\n".join(failures))
+
+
+def run_command(config: str, overrides: list[str], run_dir: str | Path) -> list[str]:
+    """The command that makes one run of a sweep (every backend runs exactly this)."""
+    return [sys.executable, "-m", "mmcl", "run", config, *overrides, "logging.progress=false", "report=false",
+            "--out", str(run_dir), "--force"]
+
+
+def exit_status(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def log_tail(log: str | Path, lines: int = 15) -> str:
+    try:
+        tail = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return "    (no log)"
+    return "\n".join(f"    | {line}" for line in tail) if tail else "    (empty log)"
+
+
+def _execute(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Run `cmd` with its output in `log`; a KeyboardInterrupt (Ctrl-C, or a cancelled Ray task) stops the run
+    with SIGTERM, so it saves its checkpoint, and is raised again."""
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+        try:
+            return p.wait()
+        except BaseException:
+            p.terminate()
+            p.wait()
+            raise
+
+
 class Sweep:
-    def __init__(self, spec: Spec, out: str | Path, jobs: int = 1, quiet: bool = False, in_process: bool = False):
+    def __init__(self, spec: Spec, out: str | Path, jobs: int = 1, quiet: bool = False, in_process: bool = False,
+                 backend: str = "local", address: str | None = None):
         """`jobs` runs at a time, each in its own `python -m mmcl run` process (or, with
-        `in_process`, one after another in this process: for tests and debugging)."""
+        `in_process`, one after another in this process: for tests and debugging); `backend="ray"`
+        submits every run to Ray instead (`address`: an existing cluster; none: a local instance)."""
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown sweep backend '{backend}' (expected {', '.join(BACKENDS)})")
+        if address is not None and backend != "ray":
+            raise ConfigError("--address names a Ray cluster: it needs --backend ray")
         self.spec, self.out, self.jobs, self.quiet, self.in_process = spec, Path(out), max(1, jobs), quiet, in_process
+        self.backend, self.address = backend, address
+        self._ray: RayBackend | None = None
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -173,32 +240,40 @@ class Sweep:
             return False
         return not diff_keys(saved, load_config(config, overrides))
 
-    def _run(self, job: tuple[Path, str, list[str]]) -> dict:
+    def _run(self, job: tuple[Path, str, list[str]]) -> str | None:
+        """Make one run (this machine); None, or why it failed."""
         run_dir, config, overrides = job
-        if not self._done(run_dir, config, overrides):
-            t = time.time()
-            if self.in_process:
-                from mmcl.engine import run
+        t = time.time()
+        if self.in_process:
+            from mmcl.engine import run
 
-                run(load_config(config, [*overrides, "logging.progress=false", "report=false"]), run_dir)
-                self.log(f"  {run_dir.relative_to(self.out)}  {time.time() - t:.0f}s")
-                return RunDir(run_dir, writer=False).read_metrics()
-            cmd = [sys.executable, "-m", "mmcl", "run", config, *overrides, "logging.progress=false", "report=false",
-                   "--out", str(run_dir), "--force"]
+            run(load_config(config, [*overrides, "logging.progress=false", "report=false"]), run_dir)
+        else:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = run_dir.parent / f"{run_dir.name}.log"
-            with open(log, "w") as f:
-                p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            if p.returncode != 0:
-                raise RuntimeError(f"run {run_dir} failed with exit status {p.returncode}; see {log}")
-            self.log(f"  {run_dir.relative_to(self.out)}  {time.time() - t:.0f}s")
-        return RunDir(run_dir, writer=False).read_metrics()
+            code = _execute(run_command(config, overrides, run_dir), log)
+            if code != 0:
+                return f"  {run_dir.relative_to(self.out)}: {exit_status(code)}; last lines of {log}:\n{log_tail(log)}"
+        self.log(f"  {run_dir.relative_to(self.out)}  {time.time() - t:.0f}s")
+        return None
 
     def _map(self, jobs: list) -> list[dict]:
-        if self.jobs == 1 or self.in_process:
-            return [self._run(j) for j in jobs]
-        with ThreadPoolExecutor(self.jobs) as ex:
-            return list(ex.map(self._run, jobs))
+        """Metrics of every job: finished runs are reused, the others run; failures are raised together
+        (`SweepFailed`) after every other run has finished."""
+        todo = [j for j in jobs if not self._done(*j)]
+        if not todo:
+            failures = []
+        elif self.backend == "ray" and not self.in_process:
+            failures = self._ray.map(todo)
+        elif self.jobs == 1 or self.in_process:
+            failures = [self._run(j) for j in todo]
+        else:
+            with ThreadPoolExecutor(self.jobs) as ex:
+                failures = list(ex.map(self._run, todo))
+        failures = [f for f in failures if f]
+        if failures:
+            raise SweepFailed(failures)
+        return [RunDir(j[0], writer=False).read_metrics() for j in jobs]
 
     # -- tuning ----------------------------------------------------------------------------
     @staticmethod
@@ -250,6 +325,14 @@ class Sweep:
     # -- final runs ------------------------------------------------------------------------
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
+        self._ray = RayBackend(self) if self.backend == "ray" and not self.in_process else None
+        try:
+            return self._run_all()
+        finally:
+            if self._ray is not None:
+                self._ray.close()
+
+    def _run_all(self) -> dict:
         chosen = self.tune()
         jobs, where = [], []
         for r in self.spec.runs:
@@ -275,6 +358,139 @@ class Sweep:
         md = markdown(out)
         atomic_write_text(self.out / "results.md", md)
         return out
+
+
+#: written into a sweep's --out by the driver: a Ray task that reads the same token there sees the driver's storage
+SHARED_MARKER = ".mmcl-sweep-token"
+#: environment variables of the driver every run gets, wherever it runs (the cache, offline switches)
+FORWARDED_ENV = ("MMCL_", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
+class RayBackend:
+    """Every run of a sweep as a Ray task: `python -m mmcl run ...` on some node of a local Ray instance
+    (started here, stopped when the sweep ends) or of the cluster at `address`.
+
+    A task whose node sees the sweep's directory (it reads the driver's token in `--out`: shared storage)
+    writes its run directory there; otherwise it runs into a temporary directory and returns it as an
+    archive, which the driver unpacks in place. Tasks are not retried by Ray: a failed or killed run is
+    reported with its log tail and made again by the next invocation, exactly as the local backend does."""
+
+    def __init__(self, sweep: Sweep):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray needs Ray: pip install 'mmcl[ray]'") from None
+        import uuid
+
+        self.sweep, self.ray = sweep, ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            kw = {} if sweep.address else {"include_dashboard": False}
+            ray.init(address=sweep.address, logging_level="warning", log_to_driver=False, **kw)
+        self.token = uuid.uuid4().hex
+        atomic_write_text(sweep.out / SHARED_MARKER, self.token)
+        self.task = ray.remote(run_task)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+    def map(self, jobs: list) -> list[str | None]:
+        ray, out = self.ray, self.sweep.out.resolve()
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        submitted = {}
+        for run_dir, config, overrides in jobs:
+            cfg = load_config(config, overrides)
+            cpus = max(1, int(cfg.get("threads") or 0))
+            gpus = 1 if str(cfg.get("device", "cpu")).startswith("cuda") else 0
+            text = Path(config).read_text() if Path(config).is_file() else None  # a node may not have the file
+            run_dir = run_dir.resolve()
+            ref = self.task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
+                                    name=f"mmcl {run_dir.relative_to(out)}").remote(
+                config, text, overrides, str(run_dir), str(out), self.token, env)
+            submitted[ref] = (run_dir, time.time())
+        failures, pending = [], list(submitted)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                failures.append(self._finish(done[0], *submitted[done[0]], out))
+        except BaseException:  # Ctrl-C: running tasks stop their runs with SIGTERM (each saves a checkpoint)
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+        return failures
+
+    def _finish(self, ref, run_dir: Path, t: float, out: Path) -> str | None:
+        rel, log = run_dir.relative_to(out), run_dir.parent / f"{run_dir.name}.log"
+        try:
+            res = self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return f"  {rel}: the Ray task failed ({type(e).__name__}: {first}); the run's log, if any: {log}"
+        if res["log"] is not None:  # the run's node does not see --out: its log and directory came back
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(log, res["log"])
+            if res["archive"] is not None:
+                unpack_run(res["archive"], run_dir)
+        if res["code"] != 0:
+            return (f"  {rel}: {exit_status(res['code'])} on {res['node']}; last lines of {log}:\n"
+                    + res["log_tail"])
+        self.sweep.log(f"  {rel}  {time.time() - t:.0f}s ({res['node']})")
+        return None
+
+
+def run_task(config: str, config_text: str | None, overrides: list[str], run_dir: str, out: str, token: str,
+             env: dict[str, str]) -> dict:
+    """One run of a sweep, where a Ray task executes: into `run_dir` if this node sees the sweep's `out` (its
+    token file holds `token`), otherwise into a temporary directory returned as an archive with its log."""
+    import platform
+    import tempfile
+
+    try:
+        shared = (Path(out) / SHARED_MARKER).read_text() == token
+    except OSError:
+        shared = False
+    with tempfile.TemporaryDirectory(prefix="mmcl-sweep-") as tmp:
+        if config_text is not None:
+            config = str(Path(tmp) / Path(config).name)
+            Path(config).write_text(config_text)
+        target = Path(run_dir) if shared else Path(tmp) / "run"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log = target.parent / f"{target.name}.log"
+        code = _execute(run_command(config, overrides, target), log, env)
+        res = {"code": code, "node": platform.node(), "log_tail": log_tail(log), "log": None, "archive": None}
+        if not shared:
+            res["log"] = log.read_bytes()
+            if code == 0:
+                res["archive"] = pack_run(target)
+        return res
+
+
+def pack_run(run_dir: Path) -> bytes:
+    """A run directory as a gzipped tar (entries relative to it)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(run_dir, arcname=".")
+    return buf.getvalue()
+
+
+def unpack_run(archive: bytes, run_dir: Path) -> None:
+    """Replace `run_dir` by the run directory in `archive` (unpacked beside it, then renamed into place)."""
+    import io
+    import shutil
+    import tarfile
+
+    incoming = run_dir.parent / f".{run_dir.name}.incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(incoming, **kw)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    os.replace(incoming, run_dir)
 
 
 BEGIN, END = "<!-- sweep tables: begin (generated by mmcl sweep --doc) -->", "<!-- sweep tables: end -->"
