@@ -73,6 +73,39 @@ def gather_rows(rows: dict) -> dict:
     return {k: torch.cat([o[k] for o in out]) for k in rows}
 
 
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_gradients(params) -> None:
+    """Average the gradients of `params` over the ranks, in one flat all-reduce (a parameter without a
+    gradient on a rank counts as zero there). What DDP does after backward, for settings whose methods call
+    the model more than once per step (teachers, replay, distillation), which DDP's contract of one forward
+    through its wrapper per backward does not allow; the trainable parameters (LoRA, projector,
+    branches) are few, so one bucket is what DDP's own bucketing would send."""
+    if not active():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 def broadcast_object(obj):
     if not active():
         return obj
