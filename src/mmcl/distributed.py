@@ -46,11 +46,13 @@ def barrier() -> None:
 
 
 def shard(x):
-    """This rank's contiguous slice of a global batch (a tensor or a dict of tensors)."""
+    """This rank's contiguous slice of a global batch (a tensor, a list, or a dict of them)."""
     if not active():
         return x
     if isinstance(x, dict):
         return {k: shard(v) for k, v in x.items()}
+    if isinstance(x, list):  # e.g. a scenario batch's questions: the same slice as its tensors'
+        return [x[i] for i in torch.tensor_split(torch.arange(len(x)), world())[rank()].tolist()]
     return torch.tensor_split(x, world())[rank()]
 
 

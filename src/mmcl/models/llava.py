@@ -221,9 +221,6 @@ class VLM(nn.Module):
             raise ValueError("this model already has LoRA adapters")
         self.params = params
         self._apply_lora_and_trainability()
-        for prm in self.parameters():  # a checkpoint loaded in half precision: what trains is kept in fp32
-            if prm.requires_grad and prm.dtype != torch.float32:
-                prm.data = prm.data.float()
 
     def _apply_lora_and_trainability(self) -> None:
         p = self.params
@@ -248,6 +245,10 @@ class VLM(nn.Module):
         # the projector may live inside the vision tower (Qwen2-VL's merger): set it last
         self.vision_tower.requires_grad_(p.train_vision)
         self.projector.requires_grad_(p.train_projector)
+        if p.lm_train != "full":  # a checkpoint loaded in half precision: what trains (LoRA, tower, projector) in fp32
+            for prm in self.parameters():
+                if prm.requires_grad and prm.dtype != torch.float32:
+                    prm.data = prm.data.float()
         if p.gradient_checkpointing and not self.hf.is_gradient_checkpointing:
             # non-reentrant: frozen embeddings below LoRA need no inputs that require grad
             self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
