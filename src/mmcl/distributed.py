@@ -16,10 +16,11 @@ import torch.distributed as dist
 
 
 def init() -> bool:
-    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU; `MMCL_DIST_BACKEND`
+    chooses another, e.g. gloo for two ranks sharing one GPU, which NCCL refuses)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = os.environ.get("MMCL_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend=backend)
     return True
 

@@ -249,9 +249,9 @@ class VLM(nn.Module):
             for prm in self.parameters():
                 if prm.requires_grad and prm.dtype != torch.float32:
                     prm.data = prm.data.float()
-        if p.gradient_checkpointing and not self.hf.is_gradient_checkpointing:
+        if p.gradient_checkpointing and not self.hf.is_activation_checkpointing:
             # non-reentrant: frozen embeddings below LoRA need no inputs that require grad
-            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # -- tokens
     def _encode(self, text: str) -> list[int]:
