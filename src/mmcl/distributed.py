@@ -57,11 +57,18 @@ def shard(x):
     return torch.tensor_split(x, world())[rank()]
 
 
+def _comm_device() -> torch.device:
+    """Where tensors sent through collectives live: NCCL only moves CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_flag(flag: bool) -> bool:
     """True on every rank if it is True on any rank (used to stop all ranks at the same step)."""
     if not active():
         return flag
-    t = torch.tensor([1 if flag else 0])
+    t = torch.tensor([1 if flag else 0], device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

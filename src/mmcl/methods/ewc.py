@@ -122,4 +122,5 @@ class EWC(Method):
         return {"fisher": self.fisher, "anchor": self.anchor}
 
     def load_extra_state(self, state):
+        state = self.to_device(state)  # checkpoints hold CPU tensors; the penalty compares with the parameters
         self.fisher, self.anchor = state["fisher"], state["anchor"]
