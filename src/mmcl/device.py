@@ -67,6 +67,18 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
+@contextlib.contextmanager
+def no_autocast():
+    """Autocast off, for data handling inside a mixed-precision region: concatenating stored inputs (mm5's
+    float16 tokens) under bf16 autocast is refused by torch ("Unexpected floating ScalarType")."""
+    with torch.autocast("cpu", enabled=False):
+        if torch.cuda.is_available():
+            with torch.autocast("cuda", enabled=False):
+                yield
+        else:
+            yield
+
+
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A gradient scaler, enabled for fp16 only (bf16 has fp32's exponent range)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

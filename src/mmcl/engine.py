@@ -243,11 +243,16 @@ class Engine:
             g = seeds.generator(cfg["seed"], "batch_order", i, epoch)
             order = torch.randperm(len(data), generator=g)
             for s in range(self.pos.step if epoch == self.pos.epoch else 0, steps):
+                n = min(bs, len(data) - s * bs)
                 batch = method.to_device(dist.shard(data.take(order[s * bs:(s + 1) * bs])))
                 with self.setting.autocast():
                     loss = method.training_loss(batch)
+                # a shard's mean weighted by its share of the batch: averaged over the ranks, the gradient is the
+                # global batch's mean even when the shards differ in size (terms every rank computes alike,
+                # such as penalties, keep their weight: the shares' average is 1)
+                share = self.setting.batch_size(batch) * dist.world() / n if dist.active() else 1.0
                 self.opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
+                self.scaler.scale(loss * share).backward()
                 if not self.setting.ddp:
                     dist.average_gradients(method.trainable_parameters())
                 if self.scaler.is_enabled():
@@ -255,7 +260,7 @@ class Engine:
                 method.after_backward()
                 self.scaler.step(self.opt)
                 self.scaler.update()
-                self.timing["train_samples"] += min(bs, len(data) - s * bs)
+                self.timing["train_samples"] += n
                 bar.update(1)
                 gstep = epoch * steps + s
                 if gstep % cfg["logging"]["log_every"] == 0:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcl import distributed as dist
+from mmcl.device import no_autocast
 from mmcl.methods.base import Method, register
 from mmcl.stream import TensorSet
 
@@ -144,7 +145,8 @@ class DERpp(Method):
         # two independent global draws, identical on every rank; each rank keeps its share
         mem_z = self.to_device(dist.shard(self.memory.sample(size, self.rng)))  # the memory stays on the CPU
         mem_y = self.to_device(dist.shard(self.memory.sample(size, self.rng)))
-        joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
+        with no_autocast():  # data, not computation: stored inputs keep their dtype
+            joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
         logits = self.model.logits(self.net(joint), n)
         cur, out_z, out_y = logits.split([len(batch["y"]), len(mem_z["y"]), len(mem_y["y"])])
         self._pending = (batch, cur.detach())

@@ -178,12 +178,18 @@ class Setting:
     def join(batch: dict, extra: dict) -> dict:
         """`batch` followed by `extra` (replayed samples), field by field (the fields both have), on the
         batch's device (a memory may be kept elsewhere)."""
+        from mmcl.device import no_autocast
+
         out = {}
         for k in batch:
             if k not in extra:
                 continue
             a, b = batch[k], extra[k]
-            out[k] = torch.cat([a, b.to(a.device)]) if isinstance(a, torch.Tensor) else list(a) + list(b)
+            if isinstance(a, torch.Tensor):
+                with no_autocast():  # data, not computation: stored inputs keep their dtype
+                    out[k] = torch.cat([a, b.to(a.device)])
+            else:
+                out[k] = list(a) + list(b)
         return out
 
     @staticmethod
