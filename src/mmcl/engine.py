@@ -145,6 +145,8 @@ class Engine:
         self.opt_state = None
         self.opt = None
         self.scaler = grad_scaler(device, setting.precision)  # fp16 only: scaled losses, unscaled before the hooks
+        self.amp = setting.autocast() if setting.precision != "fp32" else None  # entered around every training loss
+        self.on_device = device.type != "cpu"  # batches are taken from CPU data
         self.timing = {"total_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "train_samples": 0}
         events_bytes = None
         state = self.run_dir.load_checkpoint() if self.resume else None
@@ -244,22 +246,7 @@ class Engine:
             order = torch.randperm(len(data), generator=g)
             for s in range(self.pos.step if epoch == self.pos.epoch else 0, steps):
                 n = min(bs, len(data) - s * bs)
-                batch = method.to_device(dist.shard(data.take(order[s * bs:(s + 1) * bs])))
-                with self.setting.autocast():
-                    loss = method.training_loss(batch)
-                # a shard's mean weighted by its share of the batch: averaged over the ranks, the gradient is the
-                # global batch's mean even when the shards differ in size (terms every rank computes alike,
-                # such as penalties, keep their weight: the shares' average is 1)
-                share = self.setting.batch_size(batch) * dist.world() / n if dist.active() else 1.0
-                self.opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss * share).backward()
-                if not self.setting.ddp:
-                    dist.average_gradients(method.trainable_parameters())
-                if self.scaler.is_enabled():
-                    self.scaler.unscale_(self.opt)  # the hooks see true gradients
-                method.after_backward()
-                self.scaler.step(self.opt)
-                self.scaler.update()
+                loss = self._step(dist.shard(data.take(order[s * bs:(s + 1) * bs])), n)
                 self.timing["train_samples"] += n
                 bar.update(1)
                 gstep = epoch * steps + s
@@ -285,6 +272,38 @@ class Engine:
         dist.barrier()
         if dist.any_flag(self.stop_signal is not None):
             raise Interrupted(self.stop_signal or signal.SIGTERM)
+
+    def _step(self, batch: dict, n: int) -> torch.Tensor:
+        """One optimiser step on `batch` (this rank's shard of a global batch of `n` samples); returns the loss.
+        Written for small steps: nothing is done for a feature that is off (CPU, fp32, one process)."""
+        method = self.method
+        if self.on_device:
+            batch = method.to_device(batch)
+        if self.amp is None:
+            loss = method.training_loss(batch)
+        else:
+            with self.amp:
+                loss = method.training_loss(batch)
+        scaled = loss
+        if dist.active():
+            # a shard's mean weighted by its share of the batch: averaged over the ranks, the gradient is the global
+            # batch's mean even when the shards differ in size (terms every rank computes alike, such as penalties,
+            # keep their weight: the shares average to 1)
+            scaled = loss * (self.setting.batch_size(batch) * dist.world() / n)
+        self.opt.zero_grad(set_to_none=True)
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        (scaled if scaler is None else scaler.scale(scaled)).backward()
+        if dist.active() and not self.setting.ddp:
+            dist.average_gradients(method.trainable_parameters())
+        if scaler is not None:
+            scaler.unscale_(self.opt)  # the hooks see true gradients
+        method.after_backward()
+        if scaler is None:
+            self.opt.step()
+        else:
+            scaler.step(self.opt)
+            scaler.update()
+        return loss
 
     def _stop(self, t0: float, t_start: float):
         self.timing["train_s"] += time.perf_counter() - t0
