@@ -108,6 +108,13 @@ TWO_STEPS = {"name": "msvqa-mini", "train_images": 5, "test_images": 5, "questio
              "scenarios": ["high-altitude", "underwater"]}
 
 
+#: a base model that answers something (trained on 12 ground images for 20 epochs, cached once), for tests
+#: that compare the scores of two runs (a comparison of zeros would prove nothing)
+ANSWERING_BASE = {"benchmark": {"name": "msvqa-mini", "train_images": 5, "test_images": 6, "questions_per_image": 3,
+                                "base_images": 12},
+                  "base": {"epochs": 20, "lr": 3e-3, "batch_size": 16}}
+
+
 def scenario_cfg(method: str = "finetune", /, **sections) -> dict:
     """A validated scenario config: msvqa-mini with 5 train / 5 test images per scenario, a tiny model."""
     cfg = deep_merge(BASE, {

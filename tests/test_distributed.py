@@ -67,3 +67,35 @@ def test_two_process_ddp_on_a_multimodal_token_stream(tmp_path):
     events = [json.loads(l) for l in (tmp_path / "ddp" / "events.jsonl").read_text().splitlines()]
     ends = [e for e in events if e["event"] == "experience_end"]
     assert len(ends) == 3 and all(e["state_digests"][0] == e["state_digests"][1] for e in ends)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"), reason="torchrun not installed")
+def test_two_process_scenario_run_matches_single_process(tmp_path):
+    """The scenario setting under torchrun: gradients averaged over the ranks, the global batch sharded,
+    the test questions answered half by each rank and gathered; the replay memory identical on both."""
+    from tests.harness import ANSWERING_BASE, scenario_cfg
+
+    cfg = scenario_cfg("er", device="cpu", threads=1, **ANSWERING_BASE)  # one thread: 2 processes on 2 cores
+    cfg_path = write_cfg(tmp_path / "c.yaml", cfg)
+    run_cli("run", str(cfg_path), "--out", str(tmp_path / "single"))  # also fills the base-model cache
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(TORCHRUN if TORCHRUN.exists() else "torchrun"), "--standalone", "--nproc_per_node=2",
+                        "-m", "mmcl", "run", str(cfg_path), "--out", str(tmp_path / "ddp")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("run directory:") == 1 and sorted(f.name for f in tmp_path.iterdir()) == \
+        ["c.yaml", "ddp", "single"]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and single["world_size"] == 1 and len(ddp["experiences"]) == 4
+    assert any(v > 0 for r in single["matrices"]["vqa"] for v in r)  # a model that answers something
+    for name in single["summary"]:
+        for key, a in single["summary"][name].items():
+            b = ddp["summary"][name][key]
+            assert (a is None) == (b is None) and (a is None or abs(a - b) <= 0.02), (name, key, a, b)
+    preds = (tmp_path / "ddp" / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == len((tmp_path / "single" / "predictions.jsonl").read_text().splitlines())
+    events = [json.loads(l) for l in (tmp_path / "ddp" / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "eval" for e in events) == 4 + 1  # recorded once (by rank 0)
+    ends = [e for e in events if e["event"] == "experience_end"]
+    assert len(ends) == 4 and all(len(e["state_digests"]) == 2 and len(set(e["state_digests"])) == 1 for e in ends)

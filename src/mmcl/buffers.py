@@ -17,7 +17,10 @@ def _take(column, idx: torch.Tensor):
 
 def _cat(columns: list):
     if isinstance(columns[0], torch.Tensor):
-        return torch.cat(columns)
+        from mmcl.device import no_autocast
+
+        with no_autocast():  # called inside training_loss, under the run's autocast
+            return torch.cat(columns)
     return [x for c in columns for x in c]
 
 

@@ -56,6 +56,8 @@ BASE: dict[str, Any] = {
     },
     "report": True,
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
+    "device": "auto",  # auto (CUDA when available) | cpu | cuda | cuda:N; under torchrun: one GPU per rank
+    "precision": "auto",  # auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 | fp16 (mixed precision)
 }
 
 #: The allowed range of every numeric shared key (">=1", ">0", "[0,1)", ...), checked when the config
@@ -71,12 +73,13 @@ RANGES = {
 NULLABLE = {"stream.order_seed": 0}
 
 #: Keys whose value may differ between a run and its resumption.
-RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
+RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads", "device", "precision"}
 
 _CHOICES = {
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 
@@ -317,6 +320,9 @@ def validate(cfg: dict) -> dict:
                         **{f"benchmark.{k}": v for k, v in
                            getattr(benchmark_params(out["benchmark"]["name"]), "ranges", {}).items()},
                         **{f"method.{k}": v for k, v in METHODS[cfg["method"]["name"]].ranges.items()}})
+    from mmcl.device import check_device
+
+    check_device(out["device"])
     setting.check(out)
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)

@@ -16,10 +16,11 @@ import torch.distributed as dist
 
 
 def init() -> bool:
-    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU; `MMCL_DIST_BACKEND`
+    chooses another, e.g. gloo for two ranks sharing one GPU, which NCCL refuses)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = os.environ.get("MMCL_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend=backend)
     return True
 
@@ -46,19 +47,28 @@ def barrier() -> None:
 
 
 def shard(x):
-    """This rank's contiguous slice of a global batch (a tensor or a dict of tensors)."""
+    """This rank's contiguous slice of a global batch (a tensor, a list, or a dict of them)."""
     if not active():
         return x
     if isinstance(x, dict):
         return {k: shard(v) for k, v in x.items()}
+    if isinstance(x, list):  # e.g. a scenario batch's questions: the same slice as its tensors'
+        return [x[i] for i in torch.tensor_split(torch.arange(len(x)), world())[rank()].tolist()]
     return torch.tensor_split(x, world())[rank()]
+
+
+def _comm_device() -> torch.device:
+    """Where tensors sent through collectives live: NCCL only moves CUDA tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def any_flag(flag: bool) -> bool:
     """True on every rank if it is True on any rank (used to stop all ranks at the same step)."""
     if not active():
         return flag
-    t = torch.tensor([1 if flag else 0])
+    t = torch.tensor([1 if flag else 0], device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -71,6 +81,39 @@ def gather_rows(rows: dict) -> dict:
     out: list = [None] * world()
     dist.all_gather_object(out, {k: v.detach().cpu() for k, v in rows.items()})
     return {k: torch.cat([o[k] for o in out]) for k in rows}
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_gradients(params) -> None:
+    """Average the gradients of `params` over the ranks, in one flat all-reduce (a parameter without a
+    gradient on a rank counts as zero there). What DDP does after backward, for settings whose methods call
+    the model more than once per step (teachers, replay, distillation), which DDP's contract of one forward
+    through its wrapper per backward does not allow; the trainable parameters (LoRA, projector,
+    branches) are few, so one bucket is what DDP's own bucketing would send."""
+    if not active():
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
 
 
 def broadcast_object(obj):

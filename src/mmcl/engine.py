@@ -27,6 +27,7 @@ import mmcl
 from mmcl import distributed as dist
 from mmcl import seeds
 from mmcl.config import diff_keys
+from mmcl.device import encoding_on, grad_scaler, to_device
 from mmcl.errors import ConfigError, DataError
 from mmcl.methods import METHODS, Method
 from mmcl.metrics import SUMMARY_KEYS, summary
@@ -131,10 +132,14 @@ class Engine:
         self.setting = setting = make_setting(cfg)
         if dist.active() and not setting.distributed:
             raise ConfigError(f"the {setting.name} setting runs in one process for now (no torchrun)")
+        device = setting.device  # resolved (and refused when absent) before anything is computed
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         seed_everything(cfg["seed"])
         if dist.is_main():  # rank 0 fills the feature cache first, the others then read it
             try:
-                self.stream = setting.build_stream()
+                with encoding_on(device):  # frozen encoders run on the run's device
+                    self.stream = setting.build_stream()
             except DataError as e:  # unusable input files: their report is all the run directory gets
                 if self.run_dir.writer:
                     report = self.run_dir.path / "data_errors.txt"
@@ -143,8 +148,13 @@ class Engine:
                 raise
         dist.barrier()
         if not dist.is_main():
-            self.stream = setting.build_stream()
-        self.stages = setting.prepare(self.stream, self.progress)  # work before the stream, cached (base model)
+            with encoding_on(device):
+                self.stream = setting.build_stream()
+        if dist.is_main():  # work before the stream, cached (base model): rank 0 fills the cache, the others read it
+            self.stages = setting.prepare(self.stream, self.progress)
+        dist.barrier()
+        if not dist.is_main():
+            self.stages = setting.prepare(self.stream, False)
         seed_everything(cfg["seed"])  # model init does not depend on what data loading drew
         self.method = build_method(self.stream, cfg, setting)
         self.method.distribute()
@@ -155,6 +165,9 @@ class Engine:
         self.pos = Position()
         self.opt_state = None
         self.opt = None
+        self.scaler = grad_scaler(device, setting.precision)  # fp16 only: scaled losses, unscaled before the hooks
+        self.amp = setting.autocast() if setting.precision != "fp32" else None  # entered around every training loss
+        self.on_device = device.type != "cpu"  # batches are taken from CPU data
         self.timing = {"total_s": 0.0, "train_s": 0.0, "eval_s": 0.0, "train_samples": 0}
         events_bytes = None
         state = self.run_dir.load_checkpoint() if self.resume else None
@@ -165,6 +178,8 @@ class Engine:
             self.rows, self.baseline = state["rows"], state["baseline"]
             self.pos = Position(**state["position"])
             self.opt_state = state["optimizer"]
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.timing = state["timing"]
             events_bytes = state["events_bytes"]
             torch.set_rng_state(state["rng"]["torch"])
@@ -188,17 +203,19 @@ class Engine:
                 self.events.log("stage", name=name, **info)
 
     def _checkpoint(self, opt) -> None:
-        self.run_dir.save_checkpoint({
+        # every tensor on the CPU: the run resumes on any device (`map_location` needs no CUDA)
+        self.run_dir.save_checkpoint(to_device({
             "version": 1,
             "position": vars(self.pos).copy(),
             "method": self.method.state_dict(),
             "optimizer": opt.state_dict() if opt is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rows": self.rows,
             "baseline": self.baseline,
             "timing": dict(self.timing),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "events_bytes": self.events.tell(),
-        })
+        }, "cpu"))
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -250,13 +267,9 @@ class Engine:
             g = seeds.generator(cfg["seed"], "batch_order", i, epoch)
             order = torch.randperm(len(data), generator=g)
             for s in range(self.pos.step if epoch == self.pos.epoch else 0, steps):
-                batch = dist.shard(data.take(order[s * bs:(s + 1) * bs]))
-                loss = method.training_loss(batch)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                method.after_backward()
-                self.opt.step()
-                self.timing["train_samples"] += min(bs, len(data) - s * bs)
+                n = min(bs, len(data) - s * bs)
+                loss = self._step(dist.shard(data.take(order[s * bs:(s + 1) * bs])), n)
+                self.timing["train_samples"] += n
                 bar.update(1)
                 gstep = epoch * steps + s
                 if gstep % cfg["logging"]["log_every"] == 0:
@@ -267,7 +280,7 @@ class Engine:
         bar.close()
         train_s = time.perf_counter() - t0
         self.timing["train_s"] += train_s
-        method.after_experience(exp)
+        method.after_experience(exp)  # consolidation in full precision (statistics, Fisher terms, re-training)
         digests = dist.check_replicated(method.extra_state())
         self.events.log("experience_end", exp=i, train_s=round(train_s, 4),
                         samples_per_s=round(len(data) * tcfg["epochs"] / train_s, 1) if train_s > 0 and steps else None,
@@ -282,6 +295,38 @@ class Engine:
         if dist.any_flag(self.stop_signal is not None):
             raise Interrupted(self.stop_signal or signal.SIGTERM)
 
+    def _step(self, batch: dict, n: int) -> torch.Tensor:
+        """One optimiser step on `batch` (this rank's shard of a global batch of `n` samples); returns the loss.
+        Written for small steps: nothing is done for a feature that is off (CPU, fp32, one process)."""
+        method = self.method
+        if self.on_device:
+            batch = method.to_device(batch)
+        if self.amp is None:
+            loss = method.training_loss(batch)
+        else:
+            with self.amp:
+                loss = method.training_loss(batch)
+        scaled = loss
+        if dist.active():
+            # a shard's mean weighted by its share of the batch: averaged over the ranks, the gradient is the global
+            # batch's mean even when the shards differ in size (terms every rank computes alike, such as penalties,
+            # keep their weight: the shares average to 1)
+            scaled = loss * (self.setting.batch_size(batch) * dist.world() / n)
+        self.opt.zero_grad(set_to_none=True)
+        scaler = self.scaler if self.scaler.is_enabled() else None
+        (scaled if scaler is None else scaler.scale(scaled)).backward()
+        if dist.active() and not self.setting.ddp:
+            dist.average_gradients(method.trainable_parameters())
+        if scaler is not None:
+            scaler.unscale_(self.opt)  # the hooks see true gradients
+        method.after_backward()
+        if scaler is None:
+            self.opt.step()
+        else:
+            scaler.step(self.opt)
+            scaler.update()
+        return loss
+
     def _stop(self, t0: float, t_start: float):
         self.timing["train_s"] += time.perf_counter() - t0
         self.timing["total_s"] += time.perf_counter() - t_start
@@ -291,11 +336,14 @@ class Engine:
         raise Interrupted(self.stop_signal or signal.SIGTERM)
 
     def _evaluate(self, after: int) -> dict[str, list]:
-        """Evaluate on rank 0 only; the other ranks wait."""
+        """Evaluate on rank 0 only (the other ranks wait), or on every rank when the evaluator shards the
+        test data (`Evaluator.sharded`: every rank then gets the gathered result); rank 0 records it."""
         row = None
-        if dist.is_main():
+        if dist.is_main() or self.evaluator.sharded:
             t0 = time.perf_counter()
-            result = self.evaluator(self.method, self.stream, after, self.progress)
+            with self.setting.autocast():
+                result = self.evaluator(self.method, self.stream, after, self.progress)
+        if dist.is_main():
             row = result.rows
             dt = time.perf_counter() - t0
             self.timing["eval_s"] += dt
@@ -321,6 +369,8 @@ class Engine:
             "method": cfg["method"]["name"],
             "seed": cfg["seed"],
             "world_size": dist.world(),
+            "device": str(self.setting.device),
+            "precision": self.setting.precision,
             "experiences": [e.describe(stream.class_names) for e in stream],
             "matrices": rows,
             "baseline": {name: self.baseline[name] for name in rows},

@@ -275,3 +275,36 @@ def test_region_targets_need_a_grid_of_image_tokens(tmp_path):
     vlm = build_vlm(VLMParams(preset=f"hf:{d}"))
     with pytest.raises(ValueError, match="fixed grid"):
         vlm.region_targets([[("car", (0.0, 0.0, 50.0, 50.0))]])
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    plain, ckpt = tiny(), tiny(gradient_checkpointing=True)
+    assert ckpt.hf.is_activation_checkpointing and not plain.hf.is_activation_checkpointing
+    batch = plain.batch(images(), QUESTIONS, ANSWERS)
+    losses = []
+    for m in (plain, ckpt):
+        m.train()
+        losses.append(m.loss(batch))
+        losses[-1].backward()
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    pairs = [(a, b) for a, b in zip(plain.parameters(), ckpt.parameters()) if a.requires_grad]
+    assert pairs and sum(b.grad is not None for _, b in pairs) > len(pairs) // 2
+    for a, b in pairs:
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_hf_checkpoint_loads_in_bf16_and_trains_what_trains_in_fp32(tmp_path):
+    d = save_tiny_checkpoint("llava", tmp_path / "llava")
+    m = build_vlm(VLMParams(preset=f"hf:{d}"), dtype=torch.bfloat16)  # straight into bf16
+    frozen = [p for p in m.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad)
+    imgs = images(size=40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m.loss(m.batch(imgs, QUESTIONS, ANSWERS))
+        loss.backward()
+        answers = m.generate(imgs, QUESTIONS, max_new_tokens=4)
+    assert torch.isfinite(loss) and len(answers) == 3
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.lora_parameters())

@@ -34,6 +34,7 @@ from torch import nn
 
 from mmcl import distributed as dist
 from mmcl import seeds
+from mmcl.device import to_device
 from mmcl.registry import registrar
 from mmcl.settings import Setting, make_setting
 from mmcl.stream import Experience, Stream
@@ -73,7 +74,9 @@ class Method:
         self.hp = hp
         self.setting = setting if setting is not None else make_setting(cfg)
         self.experience: Experience | None = None
-        self.model = self.setting.build_model(stream)
+        #: where the model, its batches and the state derived from them live (config key `device`)
+        self.device = self.setting.device
+        self.model = self.setting.build_model(stream).to(self.device)
         # everything random a method does goes through this generator, whose state is
         # checkpointed; seeded identically on every rank
         self.rng = seeds.generator(cfg["seed"], "method")
@@ -86,11 +89,26 @@ class Method:
         return self._train_module if self._train_module is not None else self.model
 
     def distribute(self) -> None:
-        """Under torchrun, wrap the model in DDP for training (the engine calls this once)."""
-        if dist.active() and self.trainable_parameters():
+        """Put the model on the run's device (with whatever the method added to it) and, under torchrun, wrap
+        it in DDP for training over its trainable parameters. The engine calls this once the method is
+        built, and `begin_experience` again (a method may add adapters or branches, or freeze some)."""
+        self.model.to(self.device)
+        self._train_module = None
+        if dist.active() and self.setting.ddp and self.trainable_parameters():
             # find_unused_parameters: on a multimodal stream a step uses one modality's input projection
             # (and a method's own subset of prompts); the others get no gradient in that step
-            self._train_module = nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._train_module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                     find_unused_parameters=True)
+
+    def to_device(self, batch):
+        """`batch` (a dict of tensors and lists) on the run's device."""
+        return to_device(batch, self.device)
+
+    def batches(self, data, batch_size: int):
+        """`data`'s batches in stored order, on the run's device (a method's own passes over data)."""
+        for batch in data.batches(batch_size):
+            yield self.to_device(batch)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -131,6 +149,7 @@ class Method:
         self.experience = exp
         if not resumed:
             self.before_experience(exp)
+        self.distribute()
 
     def before_experience(self, exp: Experience) -> None:
         pass

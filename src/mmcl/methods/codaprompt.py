@@ -92,11 +92,11 @@ class CodaPrompt(PromptPoolMethod):
     # -- the components in use ---------------------------------------------------------------
     def components(self, count: int) -> dict[str, torch.Tensor]:
         """The first `count` components {"P", "K", "A"}; those of finished experiences from the snapshot."""
-        frozen = torch.arange(count) < self.num_trained * self.per_exp
         out = {}
         for n, p in self.pool.named_parameters():
+            frozen = torch.arange(count, device=p.device) < self.num_trained * self.per_exp
             f = frozen.reshape(-1, *[1] * (p.dim() - 1))
-            out[n] = torch.where(f, self.frozen[n][:count], p[:count])
+            out[n] = torch.where(f, self.frozen[n][:count].to(p.device), p[:count])
         return out
 
     def in_use(self, train: bool) -> int:

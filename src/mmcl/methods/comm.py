@@ -128,7 +128,7 @@ def _merge_stats(stats: ClassGaussians, key: int, feats: torch.Tensor) -> None:
     d = (m1 - m2)[:, None]
     cov = ((n1 - 1) * stats.cov[key] + (n2 - 1) * new.cov[key] + n1 * n2 / n * (d @ d.T)) / max(1, n - 1)
     # the between-group term adds variance: top the shrinkage up to the pooled covariance's own scale
-    cov = cov + torch.eye(len(cov), dtype=cov.dtype) * stats.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
+    cov = cov + torch.eye(len(cov), dtype=cov.dtype, device=cov.device) * stats.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
     stats.mean[key], stats.cov[key], stats.count[key] = (n1 * m1 + n2 * m2) / n, cov, n
 
 
@@ -222,7 +222,7 @@ class COMM(Method):
 
     def _rank(self) -> torch.Tensor:
         """(M,) first-appearance rank of every modality; unseen ones get M."""
-        rank = torch.full((len(MODALITIES),), len(MODALITIES), dtype=torch.long)
+        rank = torch.full((len(MODALITIES),), len(MODALITIES), dtype=torch.long, device=self.device)
         for i, k in enumerate(self.seen_modalities()):
             rank[k] = i
         return rank
@@ -236,7 +236,7 @@ class COMM(Method):
     def relevance(self, batch: dict[str, torch.Tensor], candidates: list[int] | None = None) -> torch.Tensor:
         """(B, M) R's weights over `candidates` (default: the modalities seen so far); 0 elsewhere, rows sum to 1."""
         cand = self.seen_modalities() if candidates is None else candidates
-        allowed = torch.zeros(len(MODALITIES), dtype=torch.bool)
+        allowed = torch.zeros(len(MODALITIES), dtype=torch.bool, device=self.device)
         allowed[cand if cand else list(range(len(MODALITIES)))] = True
         return F.softmax(self.relevance_logits(self.model, batch).masked_fill(~allowed, float("-inf")), dim=1)
 
@@ -354,7 +354,7 @@ class COMM(Method):
         R.requires_grad_(True)
         opt = torch.optim.Adam(R.parameters(), lr=self.cfg["train"]["lr"])
         bs = self.cfg["train"]["batch_size"]
-        Xn = F.layer_norm(X, X.shape[-1:])
+        Xn, target = F.layer_norm(X, X.shape[-1:]).to(self.device), target.to(self.device)
         last = 0.0
         try:
             for _ in range(self.hp.relevance_epochs):
@@ -380,12 +380,12 @@ class COMM(Method):
         was = model.training
         model.eval()
         out = []
-        for batch in data.batches(self.cfg["eval"]["batch_size"]):
+        for batch in self.batches(data, self.cfg["eval"]["batch_size"]):
             own = torch.full_like(batch["y"], modality)
             f = model.features(batch, prompts=self._own_prompts(model, batch, own))
             out.append(torch.cat([f, batch["zs"].float()], dim=1))
         model.train(was)
-        return torch.cat(out)
+        return torch.cat(out).cpu()  # statistics live on the CPU (and in checkpoints)
 
     def drift_map(self, old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, b) of the ridge-regressed affine map old -> new features (rows are samples), shrunk towards the identity."""

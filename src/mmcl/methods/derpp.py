@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcl import distributed as dist
+from mmcl.device import no_autocast
 from mmcl.methods.base import Method, register
 from mmcl.stream import TensorSet
 
@@ -142,16 +143,17 @@ class DERpp(Method):
             return {"ce": F.cross_entropy(logits, batch["y"])}
         size = self.hp.replay_batch_size or self.cfg["train"]["batch_size"]
         # two independent global draws, identical on every rank; each rank keeps its share
-        mem_z = dist.shard(self.memory.sample(size, self.rng))
-        mem_y = dist.shard(self.memory.sample(size, self.rng))
-        joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
+        mem_z = self.to_device(dist.shard(self.memory.sample(size, self.rng)))  # the memory stays on the CPU
+        mem_y = self.to_device(dist.shard(self.memory.sample(size, self.rng)))
+        with no_autocast():  # data, not computation: stored inputs keep their dtype
+            joint = {k: torch.cat([batch[k], mem_z[k], mem_y[k]]) for k in batch}  # one forward (DDP)
         logits = self.model.logits(self.net(joint), n)
         cur, out_z, out_y = logits.split([len(batch["y"]), len(mem_z["y"]), len(mem_y["y"])])
         self._pending = (batch, cur.detach())
         zero = logits.sum() * 0.0  # an empty shard contributes nothing (but stays in the graph)
         # stored logits cover the classes seen when stored: compare those columns only
-        valid = torch.arange(n) < mem_z["n_logits"][:, None]
-        sq = (out_z - mem_z["logits"][:, :n]).pow(2)[valid]
+        valid = torch.arange(n, device=out_z.device) < mem_z["n_logits"][:, None]
+        sq = (out_z.float() - mem_z["logits"][:, :n]).pow(2)[valid]
         return {
             "ce": F.cross_entropy(cur, batch["y"]),
             "mse": sq.mean() if sq.numel() else zero,
@@ -172,8 +174,8 @@ class DERpp(Method):
         self._pending = None
         n = logits.shape[1]
         padded = torch.zeros(len(logits), self.memory.num_classes)
-        padded[:, :n] = logits
-        rows = dist.gather_rows({**{k: v.detach() for k, v in batch.items()}, "logits": padded,
+        padded[:, :n] = logits.float().cpu()
+        rows = dist.gather_rows({**{k: v.detach().cpu() for k, v in batch.items()}, "logits": padded,
                                  "n_logits": torch.full((len(logits),), n, dtype=torch.long)})
         slots, picked = self.memory.plan(len(rows["y"]), self.rng)
         self.memory.write(slots, {k: v[picked] for k, v in rows.items()})

@@ -95,18 +95,20 @@ class DualPrompt(PromptPoolMethod):
     # -- the pool as used: rows of finished experiences from the snapshot -----------------------
     def experts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(E-prompts (T, L_e, width), keys (T, width)); frozen rows come from the snapshot."""
-        frozen = torch.arange(len(self.stream)) < self.num_trained
-        e = torch.where(frozen[:, None, None], self.frozen_e, self.pool.e)
-        k = torch.where(frozen[:, None], self.frozen_keys, self.pool.keys)
+        dev = self.pool.e.device
+        frozen = torch.arange(len(self.stream), device=dev) < self.num_trained
+        e = torch.where(frozen[:, None, None], self.frozen_e.to(dev), self.pool.e)
+        k = torch.where(frozen[:, None], self.frozen_keys.to(dev), self.pool.keys)
         return e, k
 
     def candidates(self, batch, known_modality: bool) -> torch.Tensor:
         """(B, T) bool: the experts each sample may choose from at test."""
         T = len(self.stream)
-        trained = torch.arange(T) < max(self.num_trained, 1)
+        dev = batch["m"].device
+        trained = torch.arange(T, device=dev) < max(self.num_trained, 1)
         allowed = trained.expand(self.setting.batch_size(batch), T)
         if known_modality:
-            same = allowed & (self.exp_modality[None, :] == batch["m"][:, None])
+            same = allowed & (self.exp_modality.to(dev)[None, :] == batch["m"][:, None])
             allowed = torch.where(same.any(1, keepdim=True), same, allowed)
         return allowed
 

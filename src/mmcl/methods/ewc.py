@@ -69,7 +69,8 @@ class EWC(Method):
         if self.fisher is None:
             return torch.zeros(())
         params = self._named_trainable()
-        return sum(((params[n] - self.anchor[n]) ** 2 * f).sum() for n, f in self.fisher.items())
+        return sum(((params[n] - self.anchor[n].to(params[n].device)) ** 2 * f.to(params[n].device)).sum()
+                   for n, f in self.fisher.items())
 
     def training_loss(self, batch):
         loss = self.setting.loss(self.model, batch, self.num_seen, self.net)
@@ -106,7 +107,7 @@ class EWC(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            for batch in data.batches(self.hp.fisher_batch_size):
+            for batch in self.batches(data, self.hp.fisher_batch_size):
                 value, size = log_lik(batch)
                 grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
                 for n, g in zip(params, grads):
@@ -121,4 +122,5 @@ class EWC(Method):
         return {"fisher": self.fisher, "anchor": self.anchor}
 
     def load_extra_state(self, state):
+        state = self.to_device(state)  # checkpoints hold CPU tensors; the penalty compares with the parameters
         self.fisher, self.anchor = state["fisher"], state["anchor"]

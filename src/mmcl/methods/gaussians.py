@@ -36,7 +36,7 @@ class ClassGaussians:
             mu = f.mean(0)
             d = f - mu
             cov = d.T @ d / max(1, len(f) - 1)
-            cov = cov + torch.eye(len(mu), dtype=cov.dtype) * self.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
+            cov = cov + torch.eye(len(mu), dtype=cov.dtype, device=cov.device) * self.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
             self.mean[int(c)], self.cov[int(c)], self.count[int(c)] = mu, cov, len(f)
 
     def sample(self, per_class: int, generator: torch.Generator, classes: list[int] | None = None):
@@ -44,9 +44,9 @@ class ClassGaussians:
         xs, ys = [], []
         for c in classes if classes is not None else self.classes:
             L = torch.linalg.cholesky(self.cov[c])
-            z = torch.randn(per_class, len(self.mean[c]), generator=generator, dtype=torch.float64)
-            xs.append(self.mean[c] + z @ L.T)
-            ys.append(torch.full((per_class,), c, dtype=torch.long))
+            z = torch.randn(per_class, len(self.mean[c]), generator=generator, dtype=torch.float64)  # CPU generator
+            xs.append(self.mean[c] + z.to(L.device) @ L.T)
+            ys.append(torch.full((per_class,), c, dtype=torch.long, device=L.device))
         return torch.cat(xs).float(), torch.cat(ys)
 
     def state_dict(self) -> dict:
@@ -65,6 +65,8 @@ def realign_head(head: nn.Module, embed, stats: ClassGaussians, num_classes: int
     it); only `head`'s parameters are optimised. Returns the last epoch's mean loss.
     """
     feats, labels = stats.sample(per_class, generator, [c for c in stats.classes if c < num_classes])
+    dev = next(head.parameters()).device
+    feats, labels = feats.to(dev), labels.to(dev)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     last = 0.0
     for _ in range(epochs):

@@ -93,7 +93,7 @@ class L2P(PromptPoolMethod):
         """Indices (B, N), ascending, of the prompts each sample uses."""
         dist = 1.0 - sim.detach()
         if train and self.hp.diversify and self.freq.sum() > 0:
-            h = self.freq / self.freq.sum()
+            h = (self.freq / self.freq.sum()).to(dist.device)
             dist = dist * h + 1e-6 * dist  # the paper's gamma * h; distance breaks ties among h = 0
         return dist.topk(self.hp.top_n, dim=1, largest=False).indices.sort(dim=1).values
 
@@ -116,9 +116,9 @@ class L2P(PromptPoolMethod):
     @torch.no_grad()
     def after_experience(self, exp):
         counts = torch.zeros_like(self.freq)
-        for batch in exp.train.batches(self.cfg["eval"]["batch_size"]):
+        for batch in self.batches(exp.train, self.cfg["eval"]["batch_size"]):
             idx = self.selected(batch, train=True)
-            counts += torch.bincount(idx.flatten(), minlength=self.hp.pool_size).to(counts.dtype)
+            counts += torch.bincount(idx.flatten(), minlength=self.hp.pool_size).to(counts)
         self.freq = self.freq + counts
 
     # -- state ------------------------------------------------------------------------------

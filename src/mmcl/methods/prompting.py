@@ -168,7 +168,7 @@ class PromptPoolMethod(Method):
     @torch.no_grad()
     def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """q(x): the frozen, prompt-free, modality-blind query of every sample (B, width)."""
-        x = batch["tokens"].float() @ self.query_proj
+        x = batch["tokens"].float() @ self.query_proj.to(batch["tokens"].device)
         x = F.layer_norm(x, (self.width,)) * self.query_scale
         mask = batch["mask"].float()
         out = self.model.backbone(inputs_embeds=x, attention_mask=mask).last_hidden_state
@@ -191,7 +191,7 @@ class PromptPoolMethod(Method):
         prompts, aux = self.prompts(batch, q, train=True)
         logits = self.model.logits(self.net(batch, prompts=prompts), self.num_seen)
         if self.hp.train_mask and self.num_old > 0:
-            old = torch.arange(logits.shape[1]) < self.num_old
+            old = torch.arange(logits.shape[1], device=logits.device) < self.num_old
             logits = logits.masked_fill(old, float("-inf"))
         terms = {"ce": F.cross_entropy(logits, batch["y"])}
         terms.update(aux or {})

@@ -112,8 +112,8 @@ class SLCA(Method):
         if hasattr(self.model, "head"):
             f = self.model.features(batch)
         else:
-            f = self.model.proj[:-1](batch["x"])
-        return torch.cat([f, batch["zs"].to(f.dtype)], dim=1) if self._uses_zs() else f
+            f = self.model.proj[:-1](batch["x"].to(self.device))
+        return torch.cat([f, batch["zs"].to(f.device, f.dtype)], dim=1) if self._uses_zs() else f
 
     def embed_pre_head(self, v: torch.Tensor) -> torch.Tensor:
         """The model's embedding from v: normalize(head(f) + zs), exactly as `model(batch)`."""
@@ -139,7 +139,7 @@ class SLCA(Method):
         self.model.eval()
         try:
             bs = self.cfg["eval"]["batch_size"]
-            v = torch.cat([self.pre_head(b) for b in exp.train.batches(bs)])
+            v = torch.cat([self.pre_head(b) for b in self.batches(exp.train, bs)])
         finally:
             self.model.train(was_training)
         self.stats.add(v, exp.train["y"])

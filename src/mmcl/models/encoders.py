@@ -34,9 +34,12 @@ def minilm():
 
 
 def embed_text(texts: list[str]) -> torch.Tensor:
-    """Unit-norm 384-d MiniLM embeddings of `texts`."""
+    """Unit-norm 384-d MiniLM embeddings of `texts` (computed on `mmcl.device.encoding_device()`)."""
+    from mmcl.device import encoding_device
+
     with torch.no_grad():
-        e = minilm().encode(list(texts), normalize_embeddings=True, batch_size=256, convert_to_numpy=True)
+        e = minilm().encode(list(texts), normalize_embeddings=True, batch_size=256, convert_to_numpy=True,
+                            device=str(encoding_device()))
     return torch.from_numpy(np.asarray(e, dtype=np.float32))
 
 
@@ -59,21 +62,25 @@ def image_feature_maps(images: np.ndarray, size: tuple[int, int], grid: tuple[in
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """EfficientNet-Lite0 feature maps pooled to a `grid` of tokens (N, gh*gw, 1280), and ImageNet logits (N, 1000).
 
-    `images` is uint8, (N, H, W) grey or (N, H, W, 3) RGB; resized to `size` = (height, width).
+    `images` is uint8, (N, H, W) grey or (N, H, W, 3) RGB; resized to `size` = (height, width). Computed on
+    `mmcl.device.encoding_device()`, returned on the CPU.
     """
     from tqdm.auto import tqdm
 
-    net = efficientnet_lite0()
+    from mmcl.device import encoding_device
+
+    dev = encoding_device()
+    net = efficientnet_lite0().to(dev)
     tokens, logits = [], []
     bar = tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True)
     with torch.no_grad():
         for s in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).float()
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size])).to(dev).float()
             x = x[:, None].repeat(1, 3, 1, 1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
             fmap = net.extract_features((x / 255.0 - 0.5) / 0.5)
-            tokens.append(F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2))
-            logits.append(net._fc(fmap.mean(dim=(2, 3))))
+            tokens.append(F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2).cpu())
+            logits.append(net._fc(fmap.mean(dim=(2, 3))).cpu())
             bar.update(len(x))
     bar.close()
     return torch.cat(tokens), torch.cat(logits)
@@ -99,13 +106,16 @@ def imagenet_name_embeddings() -> torch.Tensor:
 def text_tokens(texts: list[str], segments: int) -> tuple[torch.Tensor, torch.Tensor]:
     """MiniLM token embeddings mean-pooled into `segments` contiguous segments (N, segments, 384)
     (fewer for short texts: the rest are zero), and unit-norm sentence embeddings (N, 384)."""
+    from mmcl.device import encoding_device
+
     model = minilm()
     with torch.no_grad():
-        toks = model.encode(list(texts), output_value="token_embeddings", batch_size=128, convert_to_numpy=False)
+        toks = model.encode(list(texts), output_value="token_embeddings", batch_size=128, convert_to_numpy=False,
+                            device=str(encoding_device()))
         sent = embed_text(texts)
     out = torch.zeros(len(texts), segments, toks[0].shape[-1])
     for i, t in enumerate(toks):
-        for k, chunk in enumerate(torch.tensor_split(t.float(), min(segments, len(t)))):
+        for k, chunk in enumerate(torch.tensor_split(t.float().cpu(), min(segments, len(t)))):
             out[i, k] = chunk.mean(0)
     return out, sent
 

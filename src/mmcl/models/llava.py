@@ -73,6 +73,7 @@ class VLMParams:
     lm_dim: int = 128                    # tiny: language model width
     lm_layers: int = 2                   # tiny: language model depth
     seed: int = 0                        # initialisation of random weights (vision tower, projector, tiny LM, LoRA)
+    gradient_checkpointing: bool = False  # recompute the layers' activations in backward (less memory, ~1/3 more compute)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "VLMParams":
@@ -244,6 +245,13 @@ class VLM(nn.Module):
         # the projector may live inside the vision tower (Qwen2-VL's merger): set it last
         self.vision_tower.requires_grad_(p.train_vision)
         self.projector.requires_grad_(p.train_projector)
+        if p.lm_train != "full":  # a checkpoint loaded in half precision: what trains (LoRA, tower, projector) in fp32
+            for prm in self.parameters():
+                if prm.requires_grad and prm.dtype != torch.float32:
+                    prm.data = prm.data.float()
+        if p.gradient_checkpointing and not self.hf.is_activation_checkpointing:
+            # non-reentrant: frozen embeddings below LoRA need no inputs that require grad
+            self.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     # -- tokens
     def _encode(self, text: str) -> list[int]:
@@ -685,7 +693,7 @@ def _image_only_processor(d: Path, model_type: str, error: Exception | None):
     return Qwen2VLImageProcessorOnly(image_processor=ip, tokenizer=tok, chat_template=template)
 
 
-def build_hf(p: VLMParams, path: str) -> VLM:
+def build_hf(p: VLMParams, path: str, dtype: torch.dtype = torch.float32) -> VLM:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     d = Path(path).expanduser()
@@ -702,12 +710,14 @@ def build_hf(p: VLMParams, path: str) -> VLM:
         processor = _image_only_processor(d, model_type, error)
     with torch.random.fork_rng():
         torch.manual_seed(p.seed)
-        hf = AutoModelForImageTextToText.from_pretrained(str(d), local_files_only=True, dtype=torch.float32)
+        # loaded straight into `dtype` (a 7B checkpoint in bf16 never exists in fp32 here)
+        hf = AutoModelForImageTextToText.from_pretrained(str(d), local_files_only=True, dtype=dtype)
     return VLM(hf, processor.tokenizer, p, processor=processor)
 
 
-def build_vlm(params: VLMParams | dict | str | None = None) -> VLM:
-    """The scenario model for `params` (a VLMParams, a dict of its fields, or just a preset name)."""
+def build_vlm(params: VLMParams | dict | str | None = None, dtype: torch.dtype = torch.float32) -> VLM:
+    """The scenario model for `params` (a VLMParams, a dict of its fields, or just a preset name); an `hf:`
+    checkpoint is loaded in `dtype` (its trainable parameters are then cast to fp32)."""
     if isinstance(params, str):
         params = VLMParams(preset=params)
     elif not isinstance(params, VLMParams):
@@ -718,5 +728,5 @@ def build_vlm(params: VLMParams | dict | str | None = None) -> VLM:
     if preset == "smollm2":
         return build_smollm2(params)
     if preset.startswith("hf:"):
-        return build_hf(params, preset[3:])
+        return build_hf(params, preset[3:], dtype)
     raise ValueError(f"unknown model preset {preset!r}; choose one of {PRESETS}")

@@ -64,18 +64,19 @@ class PromptedAligner(nn.Module):
 
     def embed_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Input tokens projected per modality into the transformer width: (B, T, width)."""
-        x = batch["tokens"].float()
-        m = batch["format"] if "format" in batch else batch["m"]  # format: a modality-agnostic test batch
+        dev = self.anchors.device  # inputs may come from anywhere (a method's own pass over CPU data)
+        x = batch["tokens"].to(dev).float()
+        m = (batch["format"] if "format" in batch else batch["m"]).to(dev)  # format: a modality-agnostic test batch
         h = x.new_zeros(*x.shape[:2], self.width)
         for k in torch.unique(m).tolist():
             sel = m == k
-            h[sel] = self.input_proj[self.modalities[k]](x[sel])
+            h[sel] = self.input_proj[self.modalities[k]](x[sel]).to(h.dtype)  # autocast: the projection may be bf16
         return h
 
     def features(self, batch: dict[str, torch.Tensor], prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled transformer output (B, width) with `prompts` (B, P, width) or the shared prompts."""
         h = self.embed_tokens(batch)
-        mask = batch["mask"].to(h.dtype)
+        mask = batch["mask"].to(h.device, h.dtype)
         B = h.shape[0]
         if prompts is None and self.prompts is not None:
             prompts = self.prompts.expand(B, -1, -1)
@@ -87,7 +88,7 @@ class PromptedAligner(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Unit-norm embeddings in the anchor space."""
-        z = self.head(self.features(batch, prompts)) + batch["zs"]
+        z = self.head(self.features(batch, prompts)) + batch["zs"].to(self.anchors.device)
         return F.normalize(z, dim=-1)
 
     def logits(self, emb: torch.Tensor, num_classes: int) -> torch.Tensor:

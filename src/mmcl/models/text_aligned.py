@@ -29,9 +29,10 @@ class TextAlignedClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Unit-norm embeddings of a batch in the anchor space."""
-        z = self.proj(batch["x"])
+        dev = self.anchors.device  # inputs may come from anywhere (a method's own pass over CPU data)
+        z = self.proj(batch["x"].to(dev))
         if self.residual:
-            z = z + batch["zs"]
+            z = z + batch["zs"].to(dev)
         return F.normalize(z, dim=-1)
 
     def logits(self, emb: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -39,7 +39,8 @@ from mmcl.stream import SampleSet, Stream
 
 VERSION = "3"  # 2: per-question answer loss; 3: keyed by the pre-training data's content
 #: VLMParams fields that only say what the *stream* trains; they do not change the base weights
-STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "train_projector")
+STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_vision", "train_projector",
+               "gradient_checkpointing")
 
 
 def vlm_params(cfg: dict) -> VLMParams:
@@ -114,10 +115,13 @@ def base_weights(cfg: dict, stream: Stream, progress: bool = True) -> tuple[dict
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True), json.loads(meta_path.read_text())
+    from mmcl.device import resolve_device
+
     with torch.random.fork_rng():
         vlm = build_vlm(dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True))
+        vlm.to(resolve_device(cfg.get("device", "auto")))  # in fp32: the cache does not depend on `precision`
         info = train_base(vlm, stream.pretrain, cfg["base"], params.seed, progress=progress)
-    state = {k: v.contiguous() for k, v in vlm.hf.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in vlm.hf.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -135,8 +139,12 @@ def base_info(meta: dict) -> dict:
 def build_scenario_model(cfg: dict, base_state: dict[str, torch.Tensor] | None = None) -> VLM:
     """The VLM of `cfg["vlm"]` holding `base_state` (the base model's weights; None: as built), switched to
     the stream's training regime."""
+    from mmcl.device import DTYPES, resolve_device, resolve_precision
+
     params = vlm_params(cfg)
-    vlm = build_vlm(dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True))
+    precision = resolve_precision(cfg.get("precision", "auto"), resolve_device(cfg.get("device", "auto")))
+    vlm = build_vlm(dataclasses.replace(params, lm_train="full", train_vision=True, train_projector=True),
+                    dtype=DTYPES[precision] if params.preset.startswith("hf:") else torch.float32)
     if base_state is not None:
         vlm.hf.load_state_dict(base_state)
     vlm.set_training(params)

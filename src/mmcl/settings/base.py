@@ -8,7 +8,8 @@ do not have to ask which one they are in:
   data          `context` (what benchmark builders may read) and `build_stream`
   stages        `prepare`: work done once before the stream (the scenario base model), cached;
                 the engine runs it and records what it returns
-  model         `build_model`, and what a checkpoint holds of it (`model_state`, `check_loaded`)
+  model         `build_model`, and what a checkpoint holds of it (`model_state`, `check_loaded`);
+                where it computes (`device`, `precision`, `autocast`: `mmcl.device`)
   training      `loss` (the default training loss), `loss_and_outputs` / `outputs` (what a
                 distillation compares), `join` (a batch plus replayed samples), `batch_size`
   evaluation    `predict` (the default prediction), `evaluator()` (an object that scores one
@@ -21,6 +22,7 @@ method's idea really differs between settings it declares so in its own file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -56,6 +58,9 @@ class Evaluator:
 
     #: batch fields `predict` never sees
     hidden: tuple[str, ...] = ()
+    #: called on every rank under torchrun, each predicting its share of the test data and returning the
+    #: gathered result (`distributed.gather_objects`); False: rank 0 evaluates alone
+    sharded = False
 
     def __init__(self, setting: "Setting"):
         self.setting = setting
@@ -80,13 +85,37 @@ class Setting:
     #: a setting that differs from another only in how it is scored (say) names it here: it then accepts
     #: that setting's benchmarks and methods
     variant_of: str | None = None
-    #: can run under torchrun (DDP)
+    #: can run under torchrun
     distributed = True
+    #: under torchrun, the model is wrapped in DDP (every training forward goes through `net`); False: the
+    #: engine averages the trainable parameters' gradients after backward (`distributed.average_gradients`)
+    ddp = True
     #: how a replay memory groups samples when it splits its capacity: "label" (class-balanced) or "step"
     replay_group = "label"
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
+
+    # -- device and precision (`mmcl.device`) ---------------------------------------------
+    @cached_property
+    def device(self) -> torch.device:
+        """The run's device (config key `device`): the model, its batches and the state derived from them."""
+        from mmcl.device import resolve_device
+
+        return resolve_device(self.cfg.get("device", "auto"))
+
+    @cached_property
+    def precision(self) -> str:
+        """fp32 | bf16 | fp16: the precision of forward passes (config key `precision`)."""
+        from mmcl.device import resolve_precision
+
+        return resolve_precision(self.cfg.get("precision", "auto"), self.device)
+
+    def autocast(self):
+        """The mixed-precision context of the run's forward passes (nothing for fp32)."""
+        from mmcl.device import autocast
+
+        return autocast(self.device, self.precision)
 
     # -- config ---------------------------------------------------------------------------
     @classmethod
@@ -147,13 +176,20 @@ class Setting:
 
     @staticmethod
     def join(batch: dict, extra: dict) -> dict:
-        """`batch` followed by `extra` (replayed samples), field by field (the fields both have)."""
+        """`batch` followed by `extra` (replayed samples), field by field (the fields both have), on the
+        batch's device (a memory may be kept elsewhere)."""
+        from mmcl.device import no_autocast
+
         out = {}
         for k in batch:
             if k not in extra:
                 continue
             a, b = batch[k], extra[k]
-            out[k] = torch.cat([a, b]) if isinstance(a, torch.Tensor) else list(a) + list(b)
+            if isinstance(a, torch.Tensor):
+                with no_autocast():  # data, not computation: stored inputs keep their dtype
+                    out[k] = torch.cat([a, b.to(a.device)])
+            else:
+                out[k] = list(a) + list(b)
         return out
 
     @staticmethod

@@ -44,6 +44,8 @@ class ModalityEvaluator(Evaluator):
 
     @torch.no_grad()
     def __call__(self, method, stream: Stream, after: int, progress: bool = False) -> EvalResult:
+        from mmcl.device import to_device
+
         method.model.eval()
         aware, agnostic = [], []
         bs = self.cfg["eval"]["batch_size"]
@@ -57,11 +59,11 @@ class ModalityEvaluator(Evaluator):
             other = torch.tensor([cls_mod[c] != exp.modality for c in range(n)])
             preds_agn, preds_aw, ys = [], [], []
             for batch in exp.test.batches(bs):
-                inputs = without(batch, self.hidden)  # predict never sees the labels
-                logits = method.predict(agnostic_inputs(inputs), n)
+                inputs = to_device(without(batch, self.hidden), method.device)  # predict never sees the labels
+                logits = method.predict(agnostic_inputs(inputs), n).float().cpu()
                 preds_agn.append(logits.argmax(1))
                 if method.uses_known_modality:  # modality-specific parameters, allowed only when aware
-                    logits = method.predict(inputs, n, known_modality=True)
+                    logits = method.predict(inputs, n, known_modality=True).float().cpu()
                 preds_aw.append(logits.masked_fill(other, float("-inf")).argmax(1))
                 ys.append(batch["y"])
             y = torch.cat(ys)
@@ -134,7 +136,7 @@ class ModalitySetting(Setting):
 
     def loss_and_outputs(self, model, batch, num_classes, net=None):
         logits = model.logits((net or model)(batch), num_classes)
-        return F.cross_entropy(logits, batch["y"]), logits
+        return F.cross_entropy(logits, batch["y"].to(logits.device)), logits
 
     def outputs(self, model, batch, num_classes):
         return model.logits(model(batch), num_classes)

@@ -26,7 +26,7 @@ def state_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -41,6 +41,7 @@ class ScenarioEvaluator(Evaluator):
     """
 
     hidden = ("answers",)
+    sharded = True  # under torchrun every rank answers its share of the questions (generation is the slow part)
 
     def __init__(self, setting):
         super().__init__(setting)
@@ -48,6 +49,7 @@ class ScenarioEvaluator(Evaluator):
 
     @torch.no_grad()
     def __call__(self, method, stream: Stream, after: int, progress: bool = False) -> EvalResult:
+        from mmcl import distributed as dist
         from mmcl.scenario.metrics import ScenarioScorer
 
         method.model.eval()
@@ -65,13 +67,18 @@ class ScenarioEvaluator(Evaluator):
                 continue
             test = exp.test
             if j not in cache:
-                order = torch.argsort(test.grounding.long(), stable=True)
-                answers: list[str] = [""] * len(test)
+                # this rank's share: every world-th question, short answers still first
+                order = torch.argsort(test.grounding.long(), stable=True)[dist.rank()::dist.world()]
+                mine: dict[int, str] = {}
                 k = 0
                 for batch in test.subset(order).batches(bs):
                     for a in method.predict(without(batch, self.hidden), None):  # never the answers
-                        answers[int(order[k])] = a
+                        mine[int(order[k])] = a
                         k += 1
+                answers: list[str] = [""] * len(test)
+                for part in dist.gather_objects(mine):
+                    for i, a in part.items():
+                        answers[i] = a
                 cache[j] = answers
             answers = cache[j]
             scorer = ScenarioScorer().update(answers, test.answers, test.grounding.tolist())
@@ -120,7 +127,7 @@ class ScenarioSetting(Setting):
               "eval.max_new_tokens": ">=1", "vlm.lora_r": ">=1", "vlm.lora_alpha": ">0", "vlm.lora_dropout": "[0,1)",
               "vlm.image_size": ">=8", "vlm.patch_size": ">=1", "vlm.vision_dim": ">=0", "vlm.vision_layers": ">=0",
               "vlm.lm_dim": ">=32", "vlm.lm_layers": ">=1", "vlm.seed": ">=0"}
-    distributed = False  # runs in one process for now
+    ddp = False  # methods call the model several times per step: the engine averages gradients instead
     replay_group = "step"
 
     def __init__(self, cfg: dict):
