@@ -104,7 +104,7 @@ class DualPrompt(PromptPoolMethod):
     def candidates(self, batch, known_modality: bool) -> torch.Tensor:
         """(B, T) bool: the experts each sample may choose from at test."""
         T = len(self.stream)
-        dev = batch["m"].device
+        dev = self.device
         trained = torch.arange(T, device=dev) < max(self.num_trained, 1)
         allowed = trained.expand(self.setting.batch_size(batch), T)
         if known_modality:
