@@ -323,14 +323,23 @@ def validate(cfg: dict) -> dict:
     return out
 
 
-def load_config(name_or_path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Base defaults <- YAML file (bundled name or path) <- `key=value` overrides; validated.
+def load_config(source: str | Path | dict | None, overrides: list[str] | tuple[str, ...] | dict = ()) -> dict:
+    """Base defaults <- YAML file (bundled name or path; or a config mapping) <- overrides; validated.
 
+    Overrides are `key=value` strings (values parsed as YAML) or a mapping of dotted keys to values.
     Naming another method or benchmark (`method=er`, `benchmark.name=llava-json`) drops the file's
     other keys of that section: they belong to the file's own method or benchmark."""
     cfg = copy.deepcopy(BASE)
-    cfg = deep_merge(cfg, read_yaml(find_config(name_or_path or DEFAULT_CONFIG)))
-    parsed = [parse_override(item) for item in overrides]
+    if isinstance(source, dict):
+        cfg = deep_merge(cfg, {k: v for k, v in source.items() if k != "versions"})  # a run's config.yaml too
+    else:
+        cfg = deep_merge(cfg, read_yaml(find_config(str(source or DEFAULT_CONFIG))))
+    if isinstance(overrides, dict):
+        parsed = [(str(k), v) for k, v in overrides.items()]
+    elif isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of key=value strings or a mapping, got the string {overrides!r}")
+    else:
+        parsed = [parse_override(item) for item in overrides]
     for key, value in parsed:  # first: sections whose method / benchmark is replaced
         section = key if key in ("method", "benchmark") and isinstance(value, str) else \
             key[: -len(".name")] if key in ("method.name", "benchmark.name") else None

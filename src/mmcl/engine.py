@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 import platform
 import random
 import shutil
@@ -23,7 +24,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import mmcl
 from mmcl import distributed as dist
 from mmcl import seeds
 from mmcl.config import diff_keys
@@ -59,7 +59,7 @@ def seed_everything(seed: int) -> None:
 
 
 def versions() -> dict:
-    return {"mmcl": mmcl.__version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+    return {"mmcl": metadata.version("mmcl"), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 
