@@ -52,6 +52,11 @@ BASE: dict[str, Any] = {
         "tensorboard": False,
         "progress": True,
         "log_every": 20,
+        "wandb": False,  # also log to Weights & Biases (pip install 'mmcl[wandb]')
+        "wandb_project": "mmcl",
+        "wandb_entity": None,  # default: your W&B default entity
+        "wandb_name": None,  # default: the run directory's name
+        "wandb_mode": "auto",  # auto (online when logged in, else offline files in DIR/wandb) | online | offline
     },
     "report": True,
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
@@ -67,15 +72,17 @@ RANGES = {
     "logging.log_every": ">=1", "threads": ">=0",
 }
 #: Keys whose default is None, with the type a value must have.
-NULLABLE = {"stream.order_seed": 0}
+NULLABLE = {"stream.order_seed": 0, "logging.wandb_entity": "", "logging.wandb_name": ""}
 
 #: Keys whose value may differ between a run and its resumption.
-RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads"}
+RESUME_FREE = {"logging.progress", "logging.tensorboard", "logging.wandb", "logging.wandb_project",
+               "logging.wandb_entity", "logging.wandb_name", "logging.wandb_mode", "report", "threads"}
 
 _CHOICES = {
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
+    "logging.wandb_mode": ("auto", "online", "offline"),
 }
 
 
@@ -317,6 +324,11 @@ def validate(cfg: dict) -> dict:
                            getattr(benchmark_params(out["benchmark"]["name"]), "ranges", {}).items()},
                         **{f"method.{k}": v for k, v in METHODS[cfg["method"]["name"]].ranges.items()}})
     setting.check(out)
+    if out["logging"]["wandb"]:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("config key 'logging.wandb' needs the wandb package: pip install 'mmcl[wandb]'")
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
         check(out["benchmark"])

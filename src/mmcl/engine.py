@@ -158,7 +158,8 @@ class Engine:
                 n = len(self.stream.data_errors)
                 print(f"mmcl: {n} input file{'s' if n != 1 else ''} left out (data.on_error=skip), first: "
                       f"{self.stream.data_errors[0]}; all: {self.run_dir.path / 'data_errors.txt'}", file=sys.stderr)
-        self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
+        self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes,
+                               wandb_cfg=cfg if cfg["logging"]["wandb"] else None)
         if state is not None:
             self.events.log("resume", position=vars(self.pos), events_repaired=self.events.repaired)
         else:
@@ -204,6 +205,7 @@ class Engine:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.events.close()  # an interrupted run too: W&B's offline files are complete
             self.run_dir.release()
 
     def _experience(self, i: int, t_start: float) -> None:
@@ -312,11 +314,11 @@ class Engine:
         }
         self.run_dir.write_metrics(metrics, [e.name for e in stream])
         self.events.log("run_end", **timing)
-        self.events.close()
         if dist.is_main() and cfg["report"]:
             from mmcl.report import render
 
             render(self.run_dir.path)
+        self.events.close(metrics)  # after the report: W&B takes its images
         dist.barrier()
         return metrics
 
