@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mmcl
 from mmcl.api import labels
-from mmcl.report import compare_page
+from mmcl.report import compare_page, render
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("finetune", "er", "joint")
@@ -54,7 +54,7 @@ def main() -> int:
             print(runs[-1])
     img = Path(args.img)
     er = next(r for r in runs if r.metrics["method"] == "er")
-    screenshot(er.path / "report.html", img / "run-report.png", args.width, args.height)
+    screenshot(render(er.path), img / "run-report.png", args.width, args.height)  # rendered by this mmcl
     page = compare_page(list(zip(labels(runs), (r.metrics for r in runs))), Path(args.runs) / "compare.html",
                         title="mmcl compare: mm5, finetune / er / joint, seeds 0 and 1")
     screenshot(page, img / "compare-page.png", args.width, args.height)

@@ -167,14 +167,14 @@ def render(run_dir: str | Path) -> Path:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}</style></head><body>
+figure{{display:inline-block;margin:0.5em}}img{{max-width:100%}}.left td,.left th{{text-align:left}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>setting <b>{html.escape(m['setting'])}</b>, {T} experiences, world size {m.get('world_size', 1)}. {html.escape(timing)}</p>
 <h2>Summary</h2><table><tr>{head}</tr>{body}</table>
 <p>last_acc = mean of the last row; avg_inc_acc = mean over rows of the mean over trained columns; forgetting, bwt,
 fwt as defined in DESIGN.md section 4 (– = undefined for this stream).</p>
 {unscored}<h2>Matrices and curves</h2>{imgs}
-<h2>Experiences</h2><table><tr><th>#</th><th>name</th><th>modality / scenario</th><th>classes</th></tr>{exps}</table>
+<h2>Experiences</h2><table class=left><tr><th>#</th><th>name</th><th>modality / scenario</th><th>classes</th></tr>{exps}</table>
 </body></html>"""
     out = run.path / "report.html"
     atomic_write_text(out, page)
