@@ -76,11 +76,11 @@ def _free_dir(base: Path) -> Path:
     return cand
 
 
-def default_out(config) -> Path:
-    stem = Path(str(config)).stem if isinstance(config, (str, Path)) else \
-        f"{config.get('benchmark', {}).get('name', 'run')}-{config.get('method', {}).get('name', 'run')}" \
-        if isinstance(config, dict) else DEFAULT_CONFIG
-    return Path("runs") / stem
+def default_out(config: str | Path | dict) -> Path:
+    """runs/<config name>; for a config mapping runs/<benchmark>-<method>."""
+    if isinstance(config, dict):
+        return Path("runs") / f"{config['benchmark']['name']}-{config['method']['name']}"
+    return Path("runs") / Path(str(config)).stem
 
 
 def run(config: str | Path | dict | None = None, overrides: dict | list[str] | None = None,
@@ -112,7 +112,8 @@ def run(config: str | Path | dict | None = None, overrides: dict | list[str] | N
             cfg = validate(cfg)
     else:
         cfg = load_config(config, overrides)
-        out = Path(out) if out is not None else _free_dir(default_out(config or DEFAULT_CONFIG))
+        out = Path(out) if out is not None else _free_dir(default_out(cfg if isinstance(config, dict) else
+                                                                      config or DEFAULT_CONFIG))
         if not force:
             if (Path(out) / "metrics.json").exists():
                 raise ConfigError(f"{out} already holds a finished run; pass --force (force=True) to overwrite or "
