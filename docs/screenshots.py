@@ -2,7 +2,7 @@
 
     python docs/screenshots.py                 # runs into runs/screenshots (reused), PNGs into docs/img/
 
-Runs mm5 with finetune, er and joint over two seeds through the Python API (finished runs are reused),
+Runs mm5 with zeroshot, finetune and er over two seeds through the Python API (finished runs are reused),
 writes the comparison page with `mmcl compare --html`'s code, and photographs ER's report.html and the
 page with `chromium --headless --screenshot` (Debian package `chromium`).
 """
@@ -19,7 +19,7 @@ from mmcl.api import labels
 from mmcl.report import compare_page, render
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("finetune", "er", "joint")
+METHODS = ("zeroshot", "finetune", "er")
 SEEDS = (0, 1)
 
 
@@ -56,7 +56,7 @@ def main() -> int:
     er = next(r for r in runs if r.metrics["method"] == "er")
     screenshot(render(er.path), img / "run-report.png", args.width, args.height)  # rendered by this mmcl
     page = compare_page(list(zip(labels(runs), (r.metrics for r in runs))), Path(args.runs) / "compare.html",
-                        title="mmcl compare: mm5, finetune / er / joint, seeds 0 and 1")
+                        title="mmcl compare: mm5, zeroshot / finetune / er, seeds 0 and 1")
     screenshot(page, img / "compare-page.png", args.width, args.height)
     return 0
 
