@@ -21,7 +21,7 @@ from mmcl.results import RunDir
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its directory, resolved config and metrics.json."""
+    """A finished run: its directory, resolved config (config.yaml; {} where it is missing) and metrics.json."""
 
     path: Path
     config: dict
@@ -64,7 +64,8 @@ def load_run(path: str | Path) -> Run:
     """Read a finished run directory (FileNotFoundError / ValueError name what is missing or damaged)."""
     d = RunDir(path, writer=False)
     metrics = d.read_metrics()  # first: "has not finished" says more than a missing config
-    return Run(Path(path), d.read_config(), metrics)
+    # a bare metrics.json (copied out of its run) still compares: its config is then unknown ({})
+    return Run(Path(path), d.read_config() if (d.path / "config.yaml").exists() else {}, metrics)
 
 
 def _free_dir(base: Path) -> Path:
