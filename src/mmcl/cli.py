@@ -5,40 +5,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmcl.config import DEFAULT_CONFIG, ConfigError, bundled_configs, load_config, validate
+from mmcl.config import DEFAULT_CONFIG, ConfigError, bundled_configs, load_config
 
 
 def _run(args) -> int:
+    from mmcl import api
     from mmcl import distributed as dist
-    from mmcl.engine import Interrupted, run
-    from mmcl.report import SUMMARY_HEADER, summary_rows, text_table
-    from mmcl.results import RunDir
+    from mmcl.engine import Interrupted
+    from mmcl.report import SUMMARY_HEADER, stage_value, summary_rows, text_table, timing_text
 
     if args.resume:
         out = args.resume
         if args.out and Path(args.out) != Path(out):
             raise ConfigError(f"--resume {out} continues the run in its own directory; --out {args.out} cannot "
                               f"move it (copy the directory first, then --resume the copy)")
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        else:  # overrides apply to the stored config (only keys such as threads may differ on resume)
-            from mmcl.config import parse_override, set_dotted
-
-            cfg = validate(RunDir(out, writer=False).read_config())
-            for item in args.overrides:
-                set_dotted(cfg, *parse_override(item))
-            cfg = validate(cfg)
     else:
         out = args.out or str(Path("runs") / (Path(args.config).stem if args.config else DEFAULT_CONFIG))
-        cfg = load_config(args.config, args.overrides)
-        if not args.force:
-            if (Path(out) / "metrics.json").exists():
-                raise ConfigError(f"{out} already holds a finished run; pass --force to overwrite or --out to choose another")
-            if RunDir(out, writer=False).checkpoint_path.exists():
-                raise ConfigError(f"{out} holds an unfinished run; continue it with --resume {out}, or pass --force to start over")
     main_rank, together = True, False
     try:
-        metrics = run(cfg, out, resume=bool(args.resume))
+        metrics = api.run(args.config, args.overrides, out, resume=bool(args.resume), force=args.force).metrics
         main_rank, together = dist.is_main(), True
     except Interrupted as e:  # every rank stops at the same step
         together = True
@@ -51,10 +36,9 @@ def _run(args) -> int:
         print()
         print(text_table(SUMMARY_HEADER, summary_rows(metrics, f"{metrics['benchmark']}/{metrics['method']}")))
         for name, info in metrics.get("stages", {}).items():  # e.g. what the base model was trained on
-            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (list, dict))))
-        t = metrics["timing"]
-        print(f"\ntime {t['total_s']:.1f}s (train {t['train_s']:.1f}s, eval {t['eval_s']:.1f}s, "
-              f"{t['samples_per_s'] or 0:.0f} samples/s)")
+            print(f"{name}: " + ", ".join(f"{k}={stage_value(k, v)}" for k, v in info.items()
+                                          if not isinstance(v, (list, dict))))
+        print(f"\ntime: {timing_text(metrics['timing'])}")
         rep = Path(out) / "report.html"
         print(f"run directory: {out}" + (f"\nreport: {rep.resolve()}" if rep.exists() else ""))
     return 0
@@ -94,16 +78,20 @@ def _report(args) -> int:
 
 
 def _compare(args) -> int:
-    from mmcl.report import compare_table
-    from mmcl.results import RunDir
+    from mmcl import api
+    from mmcl.report import compare_page, compare_table
 
-    kinds = {(m.get("setting"), m.get("benchmark")) for m in (RunDir(d, writer=False).read_metrics()
-                                                               for d in args.run_dirs)}
+    runs = [api.load_run(d) for d in args.run_dirs]
+    kinds = api.groups(runs)
     if len(kinds) > 1:
         print("mmcl: warning: these runs are of different benchmarks or settings ("
-              + "; ".join(f"{b} ({s})" for s, b in sorted(kinds, key=str)) + "); their numbers do not compare",
-              file=sys.stderr)
-    print(compare_table(args.run_dirs))
+              + "; ".join(f"{b} ({s})" for s, b in kinds) + "); their numbers do not compare"
+              + ("; the page shows each in its own section" if args.html else ""), file=sys.stderr)
+    print(compare_table(api.compare(runs)))
+    if args.html:
+        page = compare_page(list(zip(api.labels(runs), (r.metrics for r in runs))), args.html,
+                            title="mmcl compare: " + ", ".join(r.path.name for r in runs)[:200])
+        print(f"page: {page.resolve()}")
     return 0
 
 
@@ -120,7 +108,7 @@ def _sweep(args) -> int:
 
     print()
     print(markdown(res))
-    print(f"results: {Path(args.out) / 'results.md'}")
+    print(f"results: {Path(args.out) / 'results.md'}, page: {(Path(args.out) / 'results.html').resolve()}")
     if args.doc:
         from mmcl.sweep import write_doc
 
@@ -297,15 +285,36 @@ def parser() -> argparse.ArgumentParser:
     sw.set_defaults(fn=_sweep)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
     c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--html", metavar="OUT.html", help="also write a self-contained page: bar chart with error bars "
+                                                       "over seeds, curves, matrices, table")
     c.set_defaults(fn=_compare)
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options and positionals in any order (`mmcl run CONFIG --out DIR key=value`): argparse's intermixed
+    parsing, per sub-command (it does not handle sub-parsers itself)."""
+    p = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subs = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in subs:
+        args = subs[argv[0]].parse_intermixed_args(argv[1:])
+        args.cmd = argv[0]
+        return args
+    return p.parse_args(argv)  # no sub-command, --help, or an unknown one: argparse says so
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.cmd == "run" and args.config and "=" in args.config:
-        args.overrides.insert(0, args.config)  # `mmcl run seed=1`: no config name, only overrides
-        args.config = None
+    args = parse_args(argv)
+    if args.cmd == "run":  # the config is the one positional that is not key=value (`mmcl run seed=1 animals-er`)
+        items = ([args.config] if args.config else []) + args.overrides
+        names = [x for x in items if "=" not in x]
+        if len(names) > 1:
+            print(f"mmcl run: error: one config at a time, got {', '.join(names)} (overrides are key=value)",
+                  file=sys.stderr)
+            return 2
+        args.config = names[0] if names else None
+        args.overrides = [x for x in items if "=" in x]
     try:
         return args.fn(args)
     except ConfigError as e:

@@ -53,6 +53,11 @@ BASE: dict[str, Any] = {
         "tensorboard": False,
         "progress": True,
         "log_every": 20,
+        "wandb": False,  # also log to Weights & Biases (pip install 'mmcl[wandb]')
+        "wandb_project": "mmcl",
+        "wandb_entity": None,  # default: your W&B default entity
+        "wandb_name": None,  # default: the run directory's name
+        "wandb_mode": "auto",  # auto (online when logged in, else offline files in DIR/wandb) | online | offline
     },
     "report": True,
     "threads": 0,  # torch intra-op threads; 0 = leave torch's default
@@ -70,16 +75,19 @@ RANGES = {
     "logging.log_every": ">=1", "threads": ">=0",
 }
 #: Keys whose default is None, with the type a value must have.
-NULLABLE = {"stream.order_seed": 0}
+NULLABLE = {"stream.order_seed": 0, "logging.wandb_entity": "", "logging.wandb_name": ""}
 
 #: Keys whose value may differ between a run and its resumption.
-RESUME_FREE = {"logging.progress", "logging.tensorboard", "report", "threads", "device", "precision"}
+RESUME_FREE = {"logging.progress", "logging.tensorboard", "logging.wandb", "logging.wandb_project",
+               "logging.wandb_entity", "logging.wandb_name", "logging.wandb_mode", "report", "threads", "device",
+               "precision"}
 
 _CHOICES = {
     "stream.order": ("fixed", "random"),
     "train.optimizer": ("adam", "sgd"),
     "eval.split": ("test", "validation"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "logging.wandb_mode": ("auto", "online", "offline"),
 }
 
 
@@ -324,20 +332,34 @@ def validate(cfg: dict) -> dict:
 
     check_device(out["device"])
     setting.check(out)
+    if out["logging"]["wandb"]:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("config key 'logging.wandb' needs the wandb package: pip install 'mmcl[wandb]'")
     check = getattr(benchmark_params(out["benchmark"]["name"]), "check", None)
     if check is not None:  # the benchmark's own checks of what the schema cannot see (nested lists, paths)
         check(out["benchmark"])
     return out
 
 
-def load_config(name_or_path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Base defaults <- YAML file (bundled name or path) <- `key=value` overrides; validated.
+def load_config(source: str | Path | dict | None, overrides: list[str] | tuple[str, ...] | dict = ()) -> dict:
+    """Base defaults <- YAML file (bundled name or path; or a config mapping) <- overrides; validated.
 
+    Overrides are `key=value` strings (values parsed as YAML) or a mapping of dotted keys to values.
     Naming another method or benchmark (`method=er`, `benchmark.name=llava-json`) drops the file's
     other keys of that section: they belong to the file's own method or benchmark."""
     cfg = copy.deepcopy(BASE)
-    cfg = deep_merge(cfg, read_yaml(find_config(name_or_path or DEFAULT_CONFIG)))
-    parsed = [parse_override(item) for item in overrides]
+    if isinstance(source, dict):
+        cfg = deep_merge(cfg, {k: v for k, v in source.items() if k != "versions"})  # a run's config.yaml too
+    else:
+        cfg = deep_merge(cfg, read_yaml(find_config(str(source or DEFAULT_CONFIG))))
+    if isinstance(overrides, dict):
+        parsed = [(str(k), v) for k, v in overrides.items()]
+    elif isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of key=value strings or a mapping, got the string {overrides!r}")
+    else:
+        parsed = [parse_override(item) for item in overrides]
     for key, value in parsed:  # first: sections whose method / benchmark is replaced
         section = key if key in ("method", "benchmark") and isinstance(value, str) else \
             key[: -len(".name")] if key in ("method.name", "benchmark.name") else None

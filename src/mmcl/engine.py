@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import metadata
 import platform
 import random
 import shutil
@@ -23,7 +24,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import mmcl
 from mmcl import distributed as dist
 from mmcl import seeds
 from mmcl.config import diff_keys
@@ -60,7 +60,7 @@ def seed_everything(seed: int) -> None:
 
 
 def versions() -> dict:
-    return {"mmcl": mmcl.__version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+    return {"mmcl": metadata.version("mmcl"), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 
@@ -194,7 +194,8 @@ class Engine:
                 n = len(self.stream.data_errors)
                 print(f"mmcl: {n} input file{'s' if n != 1 else ''} left out (data.on_error=skip), first: "
                       f"{self.stream.data_errors[0]}; all: {self.run_dir.path / 'data_errors.txt'}", file=sys.stderr)
-        self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes)
+        self.events = EventLog(self.run_dir, cfg["logging"]["tensorboard"], truncate_to=events_bytes,
+                               wandb_cfg=cfg if cfg["logging"]["wandb"] else None)
         if state is not None:
             self.events.log("resume", position=vars(self.pos), events_repaired=self.events.repaired)
         else:
@@ -243,6 +244,7 @@ class Engine:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            self.events.close()  # an interrupted run too: W&B's offline files are complete
             self.run_dir.release()
 
     def _experience(self, i: int, t_start: float) -> None:
@@ -384,11 +386,11 @@ class Engine:
         }
         self.run_dir.write_metrics(metrics, [e.name for e in stream])
         self.events.log("run_end", **timing)
-        self.events.close()
         if dist.is_main() and cfg["report"]:
             from mmcl.report import render
 
             render(self.run_dir.path)
+        self.events.close(metrics)  # after the report: W&B takes its images
         dist.barrier()
         return metrics
 

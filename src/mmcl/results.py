@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,7 @@ class RunDir:
             for f in self.path.glob(pattern):
                 f.unlink()
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)
+        shutil.rmtree(self.path / "wandb", ignore_errors=True)
 
     # -- config and metrics -------------------------------------------------------------
     def write_config(self, cfg: dict, versions: dict) -> None:
@@ -194,15 +196,76 @@ def _parses(line: bytes) -> bool:
         return False
 
 
-class EventLog:
-    """events.jsonl (always) and TensorBoard scalars (optional); one JSON object per event."""
+def _wandb_logged_in() -> bool:
+    """An API key in the environment or in ~/.netrc for the W&B host (what `wandb login` writes)."""
+    import netrc
+    from urllib.parse import urlparse
 
-    def __init__(self, run: RunDir, tensorboard: bool = False, truncate_to: int | None = None):
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLog:
+    """Weights & Biases: the scalars TensorBoard gets while the run goes, then the summary, the matrices (as
+    tables) and the report's images. Offline (files in DIR/wandb, `wandb sync` uploads them later) when
+    `logging.wandb_mode=offline`, or `auto` without a W&B login."""
+
+    def __init__(self, run: RunDir, cfg: dict):
+        from mmcl.errors import ConfigError
+
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("logging.wandb=true needs the wandb package: pip install 'mmcl[wandb]'") from None
+        lg = cfg["logging"]
+        mode = lg["wandb_mode"]
+        if mode == "auto":
+            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+        id_file = run.path / "wandb" / "mmcl-run-id"  # a resumed run continues the same W&B run
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            atomic_write_text(id_file, run_id)
+        self.wandb = wandb
+        self.run = wandb.init(project=lg["wandb_project"], entity=lg["wandb_entity"],
+                              name=lg["wandb_name"] or run.path.resolve().name, config=cfg, dir=str(run.path),
+                              mode=mode, id=run_id, resume="allow",
+                              settings=wandb.Settings(silent=True, console="off", disable_git=True, save_code=False))
+
+    def log(self, event: str, fields: dict) -> None:
+        self.run.log({f"{event}/{k}": v for k, v in fields.items()})
+
+    def finish(self, run_dir: Path, metrics: dict | None) -> None:
+        if metrics is not None:
+            self.run.summary.update({f"{p}/{k}": v for p, s in metrics["summary"].items() for k, v in s.items()})
+            names = [e["name"] for e in metrics["experiences"]]
+            tables = {f"matrix/{n}": self.wandb.Table(columns=["after \\ on", *names],
+                                                      data=[[names[i], *row] for i, row in enumerate(A)])
+                      for n, A in metrics["matrices"].items()}
+            images = {f"report/{p.stem}": self.wandb.Image(str(p)) for p in sorted(run_dir.glob("*.png"))}
+            self.run.log({**tables, **images})
+        self.run.finish()
+        self.wandb.teardown()  # waits for W&B's writer: the run's files are complete when the run returns
+
+
+class EventLog:
+    """events.jsonl (always), TensorBoard scalars and Weights & Biases (optional); one JSON object per event."""
+
+    def __init__(self, run: RunDir, tensorboard: bool = False, truncate_to: int | None = None,
+                 wandb_cfg: dict | None = None):
         self.path = run.path / "events.jsonl"
         self.enabled = run.writer
         self.repaired = False  # resume found events.jsonl damaged and kept its complete lines
         self._f = None
         self._tb = None
+        self._wandb = None
+        self.run_path = run.path
         if not self.enabled:
             return
         if truncate_to is not None and self.path.exists():
@@ -219,17 +282,24 @@ class EventLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+        if wandb_cfg is not None:
+            self._wandb = WandbLog(run, wandb_cfg)
 
     def log(self, event: str, step: int | None = None, **fields: Any) -> None:
         if not self.enabled:
             return
+        if self._f is None:  # closed: the run has ended
+            return
         # wall clock, and this process's CPU seconds (what a phase cost, also on a machine shared with other work)
         rec = {"event": event, "time": round(time.time(), 3), "cpu": round(time.process_time(), 3), **fields}
         self._f.write(json.dumps(rec) + "\n")
-        if self._tb is not None and step is not None:
-            for k, v in fields.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+        scalars = {k: v for k, v in fields.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if step is not None and scalars:
+            if self._tb is not None:
+                for k, v in scalars.items():
                     self._tb.add_scalar(f"{event}/{k}", v, step)
+            if self._wandb is not None:  # W&B counts its own steps (ours restart at every experience)
+                self._wandb.log(event, {**scalars, "step": step})
 
     def tell(self) -> int:
         if not self.enabled:
@@ -237,8 +307,14 @@ class EventLog:
         self._f.flush()
         return self.path.stat().st_size
 
-    def close(self) -> None:
+    def close(self, metrics: dict | None = None) -> None:
+        """`metrics`: the finished run's, for W&B (summary, matrices, the report's images)."""
         if self._f is not None:
             self._f.close()
+            self._f = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish(self.run_path, metrics)
+            self._wandb = None

@@ -26,7 +26,7 @@ another run (ablations keep the full method's value). Choices and their validati
 written to `tuning.json`.
 
 Everything lands in `--out`: one run directory per (run, seed) under `runs/`, the tuning runs
-under `tune/`, and `results.md` / `results.json` with mean ± std over seeds of `last_acc`,
+under `tune/`, and `results.md` / `results.json` / `results.html` (charts) with mean ± std over seeds of `last_acc`,
 `avg_inc_acc`, `forgetting` and `bwt` for both protocols. A finished run whose saved config
 equals the one the spec asks for is reused, so an interrupted sweep continues where it stopped.
 A run that fails (or is killed) is reported with the tail of its log once the others have
@@ -357,6 +357,10 @@ class Sweep:
         atomic_write_text(self.out / "results.json", json.dumps(out, indent=1, default=str))
         md = markdown(out)
         atomic_write_text(self.out / "results.md", md)
+        from mmcl.report import compare_page
+
+        compare_page(list(zip(where, results)), self.out / "results.html", title=f"mmcl sweep: {self.out.name}",
+                     note=f"{len(results)} runs; hyper-parameters and the Markdown tables: results.md")
         return out
 
 

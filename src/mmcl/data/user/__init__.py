@@ -1,4 +1,4 @@
-"""`user`: a stream of your own data on disk, described in YAML — no code.
+"""`user`: a stream of your own data on disk (files or Hugging Face datasets), described in YAML — no code.
 
     benchmark:
       name: user
@@ -139,8 +139,11 @@ class _Source:
             if e.path is not None:
                 st = e.path.stat()
                 h.update(f"{e.path.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            elif e.fetch is not None:  # a dataset's cell: the dataset (scan identity) and its split and row
+                h.update(f"cell|{e.ident}\n".encode())
             else:
                 h.update(b"text|" + e.text.encode() + b"\n")
+        h.update(self.scan.identity.encode())
         from mmcl.data.cache import digest
 
         extra = () if self.encoder is None else (self.encoder.identity(),)
@@ -163,6 +166,8 @@ class _Source:
         return self._opts
 
     def _decode(self, e: Entry):
+        if e.fetch is not None:
+            return readers.decode_value(self.modality, e.fetch(), **self.opts)
         if e.path is None:
             return readers.clean_text(e.text)
         return readers.decode(self.modality, e.path, **self.opts)
@@ -285,7 +290,7 @@ def _select_classes(e: ExperienceSpec, sc: Scan) -> list[str]:
 
 @register_benchmark("user", UserParams)
 def build(p: UserParams, ctx: BuildContext) -> Stream:
-    """Your own data: class folders, manifests (CSV/JSONL) or ESC-50, any modality, described in YAML."""
+    """Your own data: class folders, manifests (CSV/JSONL), Hugging Face datasets or ESC-50, described in YAML."""
     from mmcl.models import encoders as enc
 
     if ctx.stream.get("experiences_per_modality", 1) != 1:

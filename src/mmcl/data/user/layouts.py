@@ -1,4 +1,4 @@
-"""Where users' samples are and what they are labelled: three layouts, read as they are on disk.
+"""Where users' samples are and what they are labelled: four layouts, read as they are on disk.
 
 - ``folders``: ``root/<class>/<file>`` or ``root/<split>/<class>/<file>`` (split folders ``train`` and
   ``test``; ``val``/``valid``/``validation`` count as test). Files may sit deeper below a class folder.
@@ -8,6 +8,10 @@
   ``path,label[,split][,modality]`` per sample, paths relative to the manifest (or ``root``); for text,
   a ``text`` column (or ``text_columns``, joined) instead of a path. ``manifest: {train: a.csv, test: b.csv}``
   gives one file per split.
+- ``hf``: a Hugging Face dataset on disk: a folder written by ``save_to_disk`` (a Dataset or a DatasetDict),
+  or a folder of parquet files (split from the file or folder names: ``train-00000.parquet``,
+  ``test/x.parquet``); an image, audio or text ``column`` and a ``label_column`` (default ``label``;
+  ``ClassLabel`` names become class names). Needs the ``datasets`` package (``mmcl[hf]``).
 - ``esc50``: ESC-50's own ``meta/esc50.csv`` + ``audio/``; folds in ``test_folds`` (default [5]) are the
   test split; ``esc10: true`` keeps the ESC-10 subset.
 
@@ -22,7 +26,9 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 from mmcl.errors import ConfigError
 from mmcl.data.user.readers import EXTENSIONS
@@ -43,6 +49,8 @@ class Entry:
     raw: str | None = None  # the label as found (folder name, manifest value, ESC-50 category)
     split: str | None = None  # "train" | "test" | None (seeded split)
     error: str | None = None  # found while scanning: unknown label, missing file, bad split
+    fetch: Callable[[], Any] | None = None  # a Hugging Face dataset's cell (read when decoded)
+    ident: str | None = None  # what identifies a fetched cell in the feature cache key (split and row)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Scan:
     classes: list[str]  # raw labels, in the source's class order
     names: dict[str, str]  # raw label -> plain-English name
     ignored: dict[str, int] = field(default_factory=dict)  # extension -> files ignored
+    identity: str = ""  # for the feature cache key, where entries are not files (the dataset's files and fingerprints)
 
 
 # ------------------------------------------------------------------------------------ class names
@@ -363,7 +372,123 @@ def scan_esc50(src: SourceSpec, modality: str) -> Scan:
     return Scan(entries, classes, names)
 
 
-SCANNERS = {"folders": scan_folders, "manifest": scan_manifest, "esc50": scan_esc50}
+def _hf_splits(src: SourceSpec) -> tuple[dict[str | None, Any], list[Path]]:
+    """The dataset's splits (name -> Dataset; None = one unsplit Dataset) and the files it is read from."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{src.key}: layout 'hf' needs the datasets package: pip install 'mmcl[hf]'") from None
+    from mmcl.paths import cache_dir
+
+    root = src.root
+    saved = [root / "dataset_dict.json", root / "dataset_info.json", root / "state.json"]
+    if any(p.is_file() for p in saved):
+        try:
+            ds = datasets.load_from_disk(str(root))
+        except Exception as e:  # noqa: BLE001 - damaged or foreign folders raise many types
+            raise ConfigError(f"{src.key}.root: {root} cannot be read with datasets.load_from_disk "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        splits = dict(ds) if isinstance(ds, datasets.DatasetDict) else {None: ds}
+        return splits, sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*.parquet") if not any(x.startswith(".") for x in p.relative_to(root).parts))
+    if not files:
+        raise ConfigError(f"{src.key}.root: {root} is neither a dataset saved with save_to_disk (no dataset_info.json "
+                          f"or dataset_dict.json) nor a folder of parquet files")
+
+    def split_of(p: Path) -> str:
+        for part in [*p.relative_to(root).parent.parts[::-1], p.stem]:
+            name = re.split(r"[-_.]", part.lower())[0]
+            if name in SPLIT_NAMES or part.lower() in SPLIT_NAMES:
+                return SPLIT_NAMES.get(part.lower(), SPLIT_NAMES.get(name))
+        return ""
+
+    by_split: dict[str, list[str]] = {}
+    for p in files:
+        by_split.setdefault(split_of(p), []).append(str(p))
+    if "" in by_split and len(by_split) > 1:
+        raise ConfigError(f"{src.key}.root: some parquet files name a split (train/test) and some do not, e.g. "
+                          f"{by_split[''][0]}; name every file's split, or none")
+    try:
+        ds = datasets.load_dataset("parquet", data_files={k or "train": v for k, v in by_split.items()},
+                                   cache_dir=str(cache_dir() / "hf-datasets"))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{src.key}.root: cannot read the parquet files below {root} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return ({None: ds["train"]} if "" in by_split else dict(ds)), files
+
+
+def _hf_column(src: SourceSpec, ds, modality: str) -> str:
+    import datasets
+
+    cols = list(ds.features)
+    if src.column is not None:
+        if src.column not in ds.features:
+            raise ConfigError(f"{src.key}.column: no column {src.column!r} in {src.root}; it has {', '.join(cols)}")
+        return src.column
+    kind = {"image": datasets.Image, "audio": datasets.Audio}.get(modality)
+    found = [c for c, f in ds.features.items() if c != src.label_column and (
+        isinstance(f, kind) if kind else isinstance(f, datasets.Value) and f.dtype in ("string", "large_string"))]
+    if not found:
+        raise ConfigError(f"{src.key}: no {modality} column in {src.root} (columns: {', '.join(cols)}); "
+                          f"name it with 'column'")
+    if len(found) > 1:
+        raise ConfigError(f"{src.key}: {src.root} has several {modality} columns ({', '.join(found)}); "
+                          f"name one with 'column'")
+    return found[0]
+
+
+def _hf_cell(ds, column: str, row: int):
+    return ds[row][column]
+
+
+def scan_hf(src: SourceSpec, modality: str) -> Scan:
+    import hashlib
+
+    import datasets
+
+    datasets.disable_progress_bars()  # mmcl shows its own progress
+    splits, files = _hf_splits(src)
+    entries, ignored, natural = [], Counter(), []
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for name, ds in splits.items():
+        split = None if name is None else SPLIT_NAMES.get(str(name).lower())
+        if name is not None and split is None:  # e.g. IMDB's "unsupervised": no labels to learn from
+            ignored[f"split {name}"] += len(ds)
+            continue
+        if src.label_column not in ds.features:
+            raise ConfigError(f"{src.key}.label_column: no column {src.label_column!r} in {src.root}"
+                              f"{f' (split {name})' if name else ''}; it has {', '.join(ds.features)}")
+        column = _hf_column(src, ds, modality)
+        feat = ds.features[src.label_column]
+        if isinstance(feat, datasets.ClassLabel):
+            natural += [n for n in feat.names if n not in natural]
+            raws = [None if v is None or v < 0 else feat.names[v] for v in ds[src.label_column]]
+        else:
+            raws = [None if v is None else _label(v) for v in ds[src.label_column]]
+        if modality == "text":
+            values = ds[column]
+        else:  # the encoded file's bytes, decoded by mmcl's readers like any file on disk
+            ds = ds.cast_column(column, datasets.Image(decode=False) if modality == "image" else
+                                datasets.Audio(decode=False))
+        h.update(f"{name}|{ds._fingerprint}|{column}|{src.label_column}\n".encode())
+        for i, raw in enumerate(raws):
+            e = Entry(where=f"{src.root} [{name or 'data'} row {i}]", raw=raw, split=split,
+                      error=None if raw else "missing label", ident=f"{name}|{i}")
+            if modality == "text":
+                e.text = values[i] if isinstance(values[i], str) else ""
+            else:
+                e.fetch = partial(_hf_cell, ds, column, i)
+            entries.append(e)
+    if not entries:
+        raise ConfigError(f"{src.key}.root: {src.root} has no rows in a train or test split")
+    classes, names = resolve_names(entries, natural or _order(e.raw for e in entries if e.raw), src)
+    return Scan(entries, classes, names, dict(ignored), identity=h.hexdigest())
+
+
+SCANNERS = {"folders": scan_folders, "manifest": scan_manifest, "esc50": scan_esc50, "hf": scan_hf}
 
 
 def scan(src: SourceSpec, modality: str) -> Scan:

@@ -19,6 +19,7 @@ its feature extractor's sampling rate (`wave_rate`) instead of a log-mel.
 """
 from __future__ import annotations
 
+import io
 import math
 import re
 import struct
@@ -55,7 +56,18 @@ def _why(e: Exception, path: Path) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _nonempty(path: Path) -> None:
+def _file(x) -> Path | io.BytesIO:
+    """A path, or a file in memory (the bytes of a Hugging Face dataset's image or audio cell)."""
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(x))
+    return x if isinstance(x, io.BytesIO) else Path(x)
+
+
+def _nonempty(path: Path | io.BytesIO) -> None:
+    if isinstance(path, io.BytesIO):
+        if not path.getbuffer().nbytes:
+            raise BadFile("empty value (0 bytes)")
+        return
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -65,10 +77,10 @@ def _nonempty(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- image
-def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+def decode_image(path: Path | io.BytesIO, size: int = IMAGE_SIZE) -> np.ndarray:
     from PIL import Image
 
-    path = Path(path)
+    path = _file(path)
     _nonempty(path)
     try:
         with Image.open(path) as im:
@@ -115,11 +127,14 @@ def decode_video(path: Path, size: int = VIDEO_SIZE) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- audio
-def _wav_check(path: Path) -> None:
+def _wav_check(path: Path | io.BytesIO) -> None:
     """Truncation that libsndfile would accept silently: the data chunk must fit in the file."""
-    with open(path, "rb") as fh:
-        raw = fh.read(1 << 16)
-        size = fh.seek(0, 2)
+    if isinstance(path, io.BytesIO):
+        raw, size = path.getvalue()[: 1 << 16], path.getbuffer().nbytes
+    else:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 16)
+            size = fh.seek(0, 2)
     if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
         if raw[:4] in (b"RF64", b"BW64"):
             return
@@ -140,7 +155,7 @@ def _wav_check(path: Path) -> None:
 def decode_audio(path: Path, max_seconds: float = MAX_AUDIO_SECONDS, wave_rate: int | None = None) -> np.ndarray:
     """Log-mel spectrogram float32 (64, n): n = 100 frames per second of audio (at least 1); with `wave_rate`,
     the float32 mono waveform resampled to that rate instead."""
-    x = _read_audio(Path(path), max_seconds, wave_rate or AUDIO_RATE)
+    x = _read_audio(_file(path), max_seconds, wave_rate or AUDIO_RATE)
     return x.astype(np.float32) if wave_rate else log_mel(x)
 
 
@@ -149,12 +164,12 @@ def _read_audio(path: Path, max_seconds: float, rate: int) -> np.ndarray:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    path = Path(path)
     _nonempty(path)
-    if path.suffix.lower() == ".wav":
+    in_memory = isinstance(path, io.BytesIO)
+    if (path.getvalue()[:4] == b"RIFF") if in_memory else path.suffix.lower() == ".wav":
         _wav_check(path)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(path if in_memory else str(path)) as f:
             sr, declared = f.samplerate, f.frames
             limit = int(math.ceil(max_seconds * sr))
             data = f.read(frames=min(declared, limit) if declared > 0 else limit, dtype="float32", always_2d=True)
@@ -284,6 +299,24 @@ DECODERS = {"image": decode_image, "video": decode_video, "audio": decode_audio,
 def decode(modality: str, path: Path, **options):
     """Decode one file; `options` (size, wave_rate) come from `mmcl.models.hf.decode_options`."""
     return DECODERS[modality](path, **options)
+
+
+def decode_value(modality: str, value, **options):
+    """Decode one cell of a Hugging Face dataset: text, or an image / audio cell read with `decode=False`
+    ({"bytes": ..., "path": ...}: the file's bytes, or a path where they are not embedded)."""
+    if value is None:
+        raise BadFile("empty value (None)")
+    if modality == "text":
+        if not isinstance(value, str):
+            raise BadFile(f"expected text, got {type(value).__name__}")
+        return clean_text(value)
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+        if not value:
+            raise BadFile("empty value (neither bytes nor a path)")
+    if not isinstance(value, (bytes, bytearray, str)):
+        raise BadFile(f"expected an encoded {modality} file (bytes or a path), got {type(value).__name__}")
+    return DECODERS[modality](_file(value), **options)
 
 
 def sample_bytes(sample) -> int:

@@ -15,14 +15,16 @@ from typing import Any
 from mmcl.errors import ConfigError
 from mmcl.stream import MODALITIES
 
-LAYOUTS = ("folders", "manifest", "esc50")
+LAYOUTS = ("folders", "manifest", "esc50", "hf")
 COMMON_KEYS = ("name", "modality", "layout", "seconds")
 LAYOUT_KEYS = {
     "folders": ("root", "label_names", "test_list"),
     "manifest": ("manifest", "root", "label_names", "label_base", "columns", "text_columns"),
     "esc50": ("root", "test_folds", "esc10"),
+    "hf": ("root", "column", "label_column", "label_names"),
 }
-REQUIRED = {"folders": ("root",), "manifest": ("manifest",), "esc50": ("root",)}
+REQUIRED = {"folders": ("root",), "manifest": ("manifest",), "esc50": ("root",), "hf": ("root",)}
+HF_MODALITIES = ("image", "audio", "text")  # what a Hugging Face dataset's cells are read as
 EXPERIENCE_KEYS = ("source", "modality", "classes", "name", "template", "parts")
 SPLIT_KEYS = ("train", "test")
 
@@ -52,12 +54,15 @@ class SourceSpec:
     test_folds: list[int] = field(default_factory=lambda: [5])
     esc10: bool = False
     seconds: float | None = None
+    column: str | None = None  # hf: the column holding the samples (default: found by its feature type)
+    label_column: str = "label"  # hf: the column holding the labels (ClassLabel names become class names)
 
     def identity(self) -> tuple:
         """Sources with the same identity are scanned once (an inline source repeated in experiences)."""
         return (self.layout, str(self.root), tuple(sorted((str(k), str(v)) for k, v in self.manifest.items())),
                 str(self.label_names), self.label_base, tuple(self.columns or ()), tuple(self.text_columns),
-                str(self.test_list), tuple(self.test_folds), self.esc10, self.seconds)
+                str(self.test_list), tuple(self.test_folds), self.esc10, self.seconds, self.column,
+                self.label_column)
 
     def describe(self) -> str:
         where = self.root if self.layout != "manifest" else ", ".join(str(p) for p in self.manifest.values())
@@ -170,6 +175,14 @@ def parse_source(key: str, d: Any, named: bool) -> SourceSpec:
         if not isinstance(d["esc10"], bool):
             raise ConfigError(f"config key '{key}.esc10' expects true or false, got {d['esc10']!r}")
         s.esc10 = d["esc10"]
+    for k in ("column", "label_column"):
+        if d.get(k) is not None:
+            if not isinstance(d[k], str) or not d[k].strip():
+                raise ConfigError(f"config key '{key}.{k}' expects a column name, got {d[k]!r}")
+            setattr(s, k, d[k].strip())
+    if layout == "hf" and s.modality is not None and s.modality not in HF_MODALITIES:
+        raise ConfigError(f"config key '{key}.modality': layout 'hf' reads {', '.join(HF_MODALITIES)} columns, "
+                          f"got {s.modality!r}")
     if d.get("seconds") is not None:
         v = d["seconds"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 600:
@@ -211,6 +224,9 @@ def parse_experience(key: str, d: Any, sources: dict[str, SourceSpec]) -> Experi
     if modality is None:
         raise ConfigError(f"config key '{key}.modality' is required (one of {', '.join(MODALITIES)}) "
                           f"when the source does not name one")
+    if source.layout == "hf" and modality not in HF_MODALITIES:
+        raise ConfigError(f"config key '{key}.modality': layout 'hf' reads {', '.join(HF_MODALITIES)} columns, "
+                          f"got {modality!r}")
     if source.seconds is not None and modality != "audio":
         raise ConfigError(f"config key '{source.key}.seconds' applies to audio sources only")
     e = ExperienceSpec(key=key, source=source, modality=modality)
