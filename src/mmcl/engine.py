@@ -86,7 +86,9 @@ def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
             return _optimizer(params, tcfg, fused=True)
         except RuntimeError:  # a torch without fused kernels for this device
             pass
-    return _optimizer(params, tcfg)
+    # the multi-tensor ("foreach") kernel: bitwise the same result as torch's CPU default (one tensor at a
+    # time), in fewer passes (tested)
+    return _optimizer(params, tcfg, foreach=True)
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
