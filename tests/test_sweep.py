@@ -248,3 +248,15 @@ def test_bundled_returning_spec_is_valid_and_writes_its_own_doc_section(tmp_path
     (tmp_path / "bare.md").write_text("no markers\n")
     with pytest.raises(ConfigError, match="expected the markers"):
         write_doc(tmp_path / "bare.md", "x", "cmd", name="mm5-returning")
+
+
+def test_a_metric_the_stream_leaves_undefined_is_a_dash_not_a_crash(tmp_path):
+    """One experience: forgetting and bwt are undefined (None); the sweep aggregates and prints '–'."""
+    one = {**TINY, "benchmark": {**TINY["benchmark"], "num_experiences": 1}, "method": {"name": "finetune"}}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(one))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0, 1], "runs": [{"name": "ft", "config": str(tmp_path / "one.yaml")}]}))
+    res = Sweep(read_spec(str(spec)), tmp_path / "sweep", quiet=True, in_process=True).run()
+    agg = res["runs"]["ft"]["modality_agnostic"]
+    assert agg["forgetting"] == {"mean": None, "std": None} and agg["last_acc"]["mean"] is not None
+    assert "| – |" in (tmp_path / "sweep" / "results.md").read_text()

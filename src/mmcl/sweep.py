@@ -525,10 +525,20 @@ def write_doc(path: str | Path, md: str, command: str, name: str | None = None) 
     atomic_write_text(path, head + block + tail)
 
 
+def _pm(v: dict) -> str:
+    """'mean ± std', or '–' for a metric the stream leaves undefined."""
+    return "–" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
 def aggregate(ms: list[dict]) -> dict:
     """mean and (sample) std over seeds of every summary metric, per protocol (and per scenario of the last
     step, where the runs have `last_by_scenario`); mean wall time."""
-    ms_ = lambda vals: {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}  # noqa: E731
+    def ms_(vals: list) -> dict:  # a metric undefined for the stream (None, e.g. forgetting after one experience)
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return {"mean": None, "std": None}
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+
     protocols = list(ms[0]["summary"])
     agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms), "protocols": protocols}
     for p in protocols:
@@ -553,7 +563,7 @@ def markdown(res: dict) -> str:
         for name in members:
             s = res["runs"][name]
             hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in s["hparam"].items()) or "–"
-            cells = [f"{s[p][k]['mean']:.3f} ± {s[p][k]['std']:.3f}" for p in protocols for k in METRICS]
+            cells = [_pm(s[p][k]) for p in protocols for k in METRICS]
             seeds = s.get("seeds", res["seeds"])
             label = name if seeds == res["seeds"] else f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
             lines.append(f"| {label} | {hp} | " + " | ".join(cells) + f" | {s['seconds']:.0f}s |")
@@ -567,7 +577,7 @@ def markdown(res: dict) -> str:
                       "|---|" + "---|" * len(cols)]
             for name in with_sc:
                 b = res["runs"][name]["by_scenario"]
-                lines.append(f"| {name} | " + " | ".join(f"{b[p][sc]['mean']:.3f} ± {b[p][sc]['std']:.3f}"
+                lines.append(f"| {name} | " + " | ".join(_pm(b[p][sc])
                                                        for p, sc in cols) + " |")
             lines.append("")
     legend = ("VQA = normalised exact match over non-grounding questions, F1 = grounding F1 at IoU >= 0.5"
