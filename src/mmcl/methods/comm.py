@@ -128,7 +128,7 @@ def _merge_stats(stats: ClassGaussians, key: int, feats: torch.Tensor) -> None:
     d = (m1 - m2)[:, None]
     cov = ((n1 - 1) * stats.cov[key] + (n2 - 1) * new.cov[key] + n1 * n2 / n * (d @ d.T)) / max(1, n - 1)
     # the between-group term adds variance: top the shrinkage up to the pooled covariance's own scale
-    cov = cov + torch.eye(len(cov), dtype=cov.dtype, device=cov.device) * stats.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
+    cov = stats.shrunk(cov)
     stats.mean[key], stats.cov[key], stats.count[key] = (n1 * m1 + n2 * m2) / n, cov, n
 
 
@@ -410,10 +410,8 @@ class COMM(Method):
             mu, cov = self.class_stats.mean[c], self.class_stats.cov[c]
             T = torch.eye(len(mu), dtype=mu.dtype)
             T[:W, :W] = A.T
-            cov = T @ cov @ T.T
-            cov = cov + torch.eye(len(cov), dtype=cov.dtype) * self.class_stats.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
             self.class_stats.mean[c] = torch.cat([A.T @ mu[:W] + b, mu[W:]])
-            self.class_stats.cov[c] = cov
+            self.class_stats.cov[c] = self.class_stats.shrunk(T @ cov @ T.T)
         _round32(self.class_stats)
         return earlier
 

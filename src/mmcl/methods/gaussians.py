@@ -36,8 +36,13 @@ class ClassGaussians:
             mu = f.mean(0)
             d = f - mu
             cov = d.T @ d / max(1, len(f) - 1)
-            cov = cov + torch.eye(len(mu), dtype=cov.dtype, device=cov.device) * self.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
+            cov = self.shrunk(cov)
             self.mean[int(c)], self.cov[int(c)], self.count[int(c)] = mu, cov, len(f)
+
+    def shrunk(self, cov: torch.Tensor) -> torch.Tensor:
+        """`cov` with the shrinkage added to its diagonal (relative to its mean variance): positive definite."""
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        return cov + eye * self.shrinkage * max(cov.diagonal().mean().item(), 1e-12)
 
     def sample(self, per_class: int, generator: torch.Generator, classes: list[int] | None = None):
         """(features, labels): `per_class` draws from every stored class (float32)."""
