@@ -4,7 +4,8 @@ Starts from a config's cached base model (trained once if missing, as `mmcl run`
 the config's stream regime (`vlm.lm_train`, LoRA, tower, projector), trains on one step's training
 questions (Adam, the step's questions in a seeded order every epoch) and after each listed epoch
 prints the mean training loss of that epoch and the step's test VQA (non-grounding questions,
-normalised exact match) overall and per question type. No continual stream: one step in isolation.
+normalised exact match) overall and per question type, and the grounding F1 of its grounding
+questions (`--no-f1` skips them). No continual stream: one step in isolation.
 
     python benchmarks/scenario_probe.py --step 3 --epochs 2,4,8 --lr 5e-3
     python benchmarks/scenario_probe.py --step 3 --lr 1e-3 vlm.lm_train=full
@@ -25,6 +26,7 @@ from mmcl.config import load_config
 from mmcl.settings import build_stream
 from mmcl.engine import seed_everything
 from mmcl.scenario import normalize_answer
+from mmcl.scenario.metrics import ScenarioScorer
 from mmcl.settings import make_setting
 
 PREFIXES = (("how many", "count"), ("is there", "exist"), ("what color", "color"), ("what", "category"))
@@ -42,6 +44,10 @@ def main() -> int:
     ap.add_argument("--epochs", default="2,4,8", help="comma-separated epochs after which to evaluate")
     ap.add_argument("--lr", type=float, default=None, help="default: the config's train.lr")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
+    ap.add_argument("--train-eval", type=int, default=0, help="also score the first N training questions (non-grounding)")
+    ap.add_argument("--region-weight", type=float, default=0.0,
+                    help="also train the step's region-naming loss (the base model's, on the step's boxes) times this")
+    ap.add_argument("--no-f1", dest="f1", action="store_false", help="skip the grounding questions (faster)")
     args, overrides = ap.parse_known_args()
     cfg = load_config(args.config, overrides)
     torch.set_num_threads(int(cfg["threads"]) or torch.get_num_threads())
@@ -50,6 +56,7 @@ def main() -> int:
     vlm = make_setting(cfg).build_model(stream)
     exp = stream[args.step]
     train, test = exp.train, exp.test
+    grounding = test.subset(torch.nonzero(test.grounding).flatten())
     test = test.subset(torch.nonzero(~test.grounding).flatten())
     lr, bs = args.lr or cfg["train"]["lr"], args.batch_size or cfg["train"]["batch_size"]
     params = [p for p in vlm.parameters() if p.requires_grad]
@@ -57,25 +64,44 @@ def main() -> int:
           f"(non-grounding); lm_train={cfg['vlm']['lm_train']}, {sum(p.numel() for p in params):,} trained "
           f"parameters, lr {lr}, batch {bs}")
 
-    def evaluate() -> str:
-        answers = vlm.generate(test.images[test.image_index], test.questions, max_new_tokens=8,
+    seen = train.subset(torch.nonzero(~train.grounding).flatten()[:args.train_eval])
+
+    def vqa(data) -> str:
+        answers = vlm.generate(data.images[data.image_index], data.questions, max_new_tokens=8,
                                batch_size=cfg["eval"]["batch_size"])
         by = collections.defaultdict(list)
-        for q, a, y in zip(test.questions, answers, test.answers):
+        for q, a, y in zip(data.questions, answers, data.answers):
             ok = normalize_answer(a) == normalize_answer(y)
             by["all"].append(ok)
             by[question_type(q)].append(ok)
         return "  ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(by.items()))
 
+    def evaluate() -> str:
+        text = vqa(test)
+        if len(seen):
+            text += f"  | training questions: {vqa(seen).split('  ')[0]}"
+        if args.f1 and len(grounding):
+            boxes = vlm.generate(grounding.images[grounding.image_index], grounding.questions,
+                                 max_new_tokens=cfg["eval"]["max_new_tokens"], batch_size=cfg["eval"]["batch_size"])
+            f1 = ScenarioScorer().update(boxes, grounding.answers, [True] * len(boxes)).result()["grounding_f1"]
+            text += f"  | F1 {f1:.3f}"
+        return text
+
     print(f"epoch  0  loss    -   VQA {evaluate()}", flush=True)
     opt = torch.optim.Adam(params, lr=lr)
+    cells = vlm.region_targets(train.boxes) if args.region_weight else None
     g = torch.Generator().manual_seed(int(cfg["seed"]))
     done, t0 = 0, time.perf_counter()
     for target in sorted({int(e) for e in args.epochs.split(",")}):
         while done < target:
             order, total, batches = torch.randperm(len(train), generator=g), 0.0, 0
             for s in range(0, len(train), bs):
-                loss = vlm.loss(train.take(order[s:s + bs]))
+                idx = order[s:s + bs]
+                if args.region_weight:
+                    answer, region = vlm.losses(train.take(idx), cells[idx])
+                    loss = answer + args.region_weight * region
+                else:
+                    loss = vlm.loss(train.take(idx))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -31,7 +31,7 @@ def test_run_directory_contract(tmp_path):
         assert len(A) == T and all(len(r) == T for r in A)
         assert all(0.0 <= v <= 1.0 for r in A for v in r)
     for s in disk["summary"].values():
-        assert set(s) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt"}
+        assert set(s) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "plasticity"}
     assert set(disk["timing"]) >= {"total_s", "train_s", "eval_s", "samples_per_s"}
     assert disk["experiences"][0] == {"name": "image/c0-c1", "modality": "image", "classes": ["class 0", "class 1"]}
     csv = (d / "matrix_modality_agnostic.csv").read_text().splitlines()

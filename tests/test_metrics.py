@@ -23,6 +23,14 @@ def test_three_experiences_by_hand():
     assert s["bwt"] == pytest.approx((-0.4 - 0.1) / 2)
     # fwt: (A[0][1] - b1 + A[1][2] - b2) / 2 = (0.1 + 0.1) / 2
     assert s["fwt"] == pytest.approx(0.1)
+    # plasticity: the diagonal minus the baseline, (0.9 - b0 + 0.8 - b1 + 0.95 - b2) / 3
+    assert s["plasticity"] == pytest.approx(((0.9 - b[0]) + (0.8 - b[1]) + (0.95 - b[2])) / 3)
+
+
+def test_plasticity_needs_every_baseline_cell():
+    assert M.summary([[0.9, None], [0.4, 0.8]], None)["plasticity"] is None
+    assert M.summary([[0.9, None], [0.4, 0.8]], [0.5, None])["plasticity"] is None
+    assert M.summary([[0.9, None], [0.4, 0.8]], [0.5, 0.2])["plasticity"] == pytest.approx((0.4 + 0.6) / 2)
 
 
 def test_one_experience_stream():

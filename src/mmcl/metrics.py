@@ -1,7 +1,7 @@
 """The accuracy matrix and every summary metric derived from it (DESIGN.md section 4).
 
 A[i][j] is the score on experience j after training experience i; b[j] is the score of the
-untrained model on j. Cells with j > i ("future" experiences) are only needed for fwt and
+untrained model on j (the model the stream starts from). Cells with j > i ("future" experiences) are only needed for fwt and
 may be None when they were not evaluated. Metrics whose defining set is empty (forgetting
 and bwt of a 1-experience stream, fwt without future cells) are None, never a made-up 0.
 """
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 Matrix = Sequence[Sequence[Optional[float]]]
 
-SUMMARY_KEYS = ("avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt")
+SUMMARY_KEYS = ("avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "plasticity")
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -62,6 +62,15 @@ def fwt(A: Matrix, b: Sequence[Optional[float]] | None) -> float | None:
     return _mean(vals) if len(vals) == T - 1 else None
 
 
+def plasticity(A: Matrix, b: Sequence[Optional[float]] | None) -> float | None:
+    """Mean over experiences j of A[j][j] - b[j]: how much training on an experience raised its own score
+    above the starting model's (the diagonal minus the baseline row). None without a complete baseline."""
+    T = _check(A)
+    if b is None or len(b) != T or any(x is None for x in b):
+        return None
+    return float(mean(A[j][j] - b[j] for j in range(T)))
+
+
 def summary(A: Matrix, b: Sequence[Optional[float]] | None = None) -> dict[str, float | None]:
     la = last_acc(A)
     return {
@@ -71,6 +80,7 @@ def summary(A: Matrix, b: Sequence[Optional[float]] | None = None) -> dict[str, 
         "forgetting": forgetting(A),
         "bwt": bwt(A),
         "fwt": fwt(A, b),
+        "plasticity": plasticity(A, b),
     }
 
 

@@ -67,7 +67,8 @@ class SampleSet:
     """Visual questions with their decoded images: the scenario setting's TensorSet.
 
     Images are held once, as a uint8 tensor (M, 3, H, W); each question points at its image.
-    `take` gives the batch a method sees: {"images", "questions", "answers", "grounding", "ids"}.
+    `take` gives the batch a method sees: {"images", "questions", "answers", "grounding", "ids", "boxes"}
+    (evaluation hides the answers and the boxes from `predict`).
     `boxes` (optional) are the annotated objects of each question's image, `(label, (x1, y1, x2, y2))`
     in 0-100 coordinates (`ObjectBox`); base training reads them (`base.region_weight`).
     """
@@ -91,7 +92,7 @@ class SampleSet:
         ii = idx.tolist()
         return {"images": self.images[self.image_index[idx]], "questions": [self.questions[i] for i in ii],
                 "answers": [self.answers[i] for i in ii], "grounding": self.grounding[idx],
-                "ids": [self.ids[i] for i in ii]}
+                "ids": [self.ids[i] for i in ii], "boxes": [self.boxes[i] for i in ii]}
 
     def subset(self, idx: torch.Tensor) -> "SampleSet":
         idx = torch.as_tensor(idx, dtype=torch.long)

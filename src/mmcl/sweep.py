@@ -12,6 +12,7 @@ A sweep spec (YAML; bundled ones live in `mmcl/configs/sweeps/`) names the runs:
     tables:                           # optional: several tables, each a list of run names
       main: [finetune, comm]
       ablation: [comm, comm -realign]
+    metrics: [last_acc, forgetting, plasticity]  # optional: the tables' columns (default: METRICS below)
 
 Tuning (the same budget for every method): a method class may declare candidates per setting,
 `search_space = {"<setting>": {"<hparam>": [v1, v2, v3]}}`. For each run whose method has some
@@ -54,13 +55,14 @@ from pathlib import Path
 import yaml
 
 from mmcl.config import ConfigError, find_config, load_config
+from mmcl.metrics import SUMMARY_KEYS
 from mmcl.results import RunDir, atomic_write_bytes, atomic_write_text
 
 METRICS = ("last_acc", "avg_inc_acc", "forgetting", "bwt")
 PROTOCOLS = ("modality_aware", "modality_agnostic")  # the modality setting's; a run's own come from its metrics
 #: column labels of the protocols (modality setting) and score matrices (scenario setting)
 LABELS = {"modality_aware": "aware", "modality_agnostic": "agnostic", "vqa": "VQA", "grounding_f1": "F1"}
-_SPEC_KEYS = {"seeds", "overrides", "runs", "tables", "tune"}
+_SPEC_KEYS = {"seeds", "overrides", "runs", "tables", "tune", "metrics"}
 _RUN_KEYS = {"name", "config", "overrides", "tune_as", "seeds"}
 BACKENDS = ("local", "ray")
 
@@ -81,6 +83,7 @@ class Spec:
     runs: list[RunSpec]
     tables: dict[str, list[str]]
     tune: bool = True  # False: every method keeps its config's hyper-parameters (no tuning runs)
+    metrics: tuple[str, ...] = METRICS  # the tables' columns (summary metrics)
 
 
 def find_spec(name_or_path: str) -> Path:
@@ -131,7 +134,11 @@ def read_spec(name_or_path: str) -> Spec:
     seeds = [int(s) for s in raw.get("seeds", [0])]
     if not isinstance(raw.get("tune", True), bool):
         raise ConfigError(f"{path}: 'tune' must be true or false, got {raw['tune']!r}")
-    spec = Spec(seeds, [str(o) for o in raw.get("overrides", [])], runs, tables, raw.get("tune", True))
+    metrics = raw.get("metrics", list(METRICS))
+    if not isinstance(metrics, list) or not metrics or any(m not in SUMMARY_KEYS for m in metrics):
+        raise ConfigError(f"{path}: 'metrics' must be a non-empty list of summary metrics "
+                          f"({', '.join(SUMMARY_KEYS)}), got {metrics!r}")
+    spec = Spec(seeds, [str(o) for o in raw.get("overrides", [])], runs, tables, raw.get("tune", True), tuple(metrics))
     for r in runs:  # validate every config and override before anything runs
         find_config(r.config)
         load_config(r.config, spec.overrides + r.overrides)
@@ -353,7 +360,8 @@ class Sweep:
             s["hparam"] = dict(chosen[name]["hparams"]) if name in chosen else {}
         for r in self.spec.runs:
             summary[r.name]["seeds"] = list(r.seeds or self.spec.seeds)
-        out = {"seeds": self.spec.seeds, "runs": summary, "tuning": chosen, "tables": self.spec.tables}
+        out = {"seeds": self.spec.seeds, "runs": summary, "tuning": chosen, "tables": self.spec.tables,
+               "metrics": list(self.spec.metrics)}
         atomic_write_text(self.out / "results.json", json.dumps(out, indent=1, default=str))
         md = markdown(out)
         atomic_write_text(self.out / "results.md", md)
@@ -542,7 +550,7 @@ def aggregate(ms: list[dict]) -> dict:
     protocols = list(ms[0]["summary"])
     agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms), "protocols": protocols}
     for p in protocols:
-        agg[p] = {k: ms_([m["summary"][p][k] for m in ms]) for k in METRICS}
+        agg[p] = {k: ms_([m["summary"][p].get(k) for m in ms]) for k in SUMMARY_KEYS}  # .get: runs of before a metric
     if all("last_by_scenario" in m for m in ms):
         agg["by_scenario"] = {p: {sc: ms_([m["last_by_scenario"][p][sc] for m in ms])
                                   for sc in ms[0]["last_by_scenario"][p]} for p in ms[0]["last_by_scenario"]}
@@ -553,17 +561,18 @@ def markdown(res: dict) -> str:
     n = len(res["seeds"])
     lines = []
     scenario = False
+    metrics = tuple(res.get("metrics", METRICS))  # the columns of every table
     for title, members in res["tables"].items():
         protocols = res["runs"][members[0]].get("protocols", list(PROTOCOLS))
         scenario = scenario or "vqa" in protocols
         lines += [f"### {title}", "",
-                  "| run | hparam | " + " | ".join(f"{k} ({LABELS.get(p, p)})" for p in protocols for k in METRICS)
+                  "| run | hparam | " + " | ".join(f"{k} ({LABELS.get(p, p)})" for p in protocols for k in metrics)
                   + " | time/run |",
-                  "|---|---|" + "---|" * (len(protocols) * len(METRICS)) + "---|"]
+                  "|---|---|" + "---|" * (len(protocols) * len(metrics)) + "---|"]
         for name in members:
             s = res["runs"][name]
             hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in s["hparam"].items()) or "–"
-            cells = [_pm(s[p][k]) for p in protocols for k in METRICS]
+            cells = [_pm(s[p][k]) for p in protocols for k in metrics]
             seeds = s.get("seeds", res["seeds"])
             label = name if seeds == res["seeds"] else f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
             lines.append(f"| {label} | {hp} | " + " | ".join(cells) + f" | {s['seconds']:.0f}s |")

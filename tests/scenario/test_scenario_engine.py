@@ -30,7 +30,7 @@ def test_4step_run_through_mmcl_run_writes_both_matrices(tmp_path):
     for name, A in m["matrices"].items():
         assert len(A) == 4 and all(len(r) == 4 for r in A)
         assert all(0.0 <= v <= 1.0 for r in A for v in r), name
-        assert set(m["summary"][name]) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt"}
+        assert set(m["summary"][name]) == {"avg_acc", "last_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "plasticity"}
         assert (out / f"matrix_{name}.csv").is_file() and (out / f"matrix_{name}.png").is_file()
     assert m["stream_info"]["order"] == list(STREAM_SCENARIOS)
     assert m["last_by_scenario"]["vqa"]["indoor"] == m["matrices"]["vqa"][-1][3]
@@ -192,3 +192,64 @@ def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path,
         assert named.losses(data, cells)[1].item() < 0.5 * plain.losses(data, cells)[1].item()
     with pytest.raises(ConfigError, match="base.region_weight' must be >= 0"):
         scenario_cfg(base={"region_weight": -1.0})
+
+
+def test_train_region_weight_adds_the_region_term_to_every_methods_loss_and_is_hidden_from_predict(tmp_path, monkeypatch):
+    """train.region_weight > 0: the model's training loss (what finetune, LwF, EWC, ER, O-LoRA, UNIFIER and
+    QUAD's first step compute) is the answer loss plus the weight times the region-naming loss over the
+    batch's boxes; 0 leaves it exactly as before. The boxes (every grounding answer) never reach `predict`."""
+    from mmcl.settings import make_setting
+
+    cfg = scenario_cfg("finetune", train={"region_weight": 0.5}, vlm={**TINY_VLM, "image_size": 64})
+    stream = build_stream(cfg)
+    setting = make_setting(cfg)
+    model = setting.build_model(stream)
+    assert model.region_weight == 0.5
+    batch = stream[0].train.take(torch.arange(len(stream[0].train)))
+    assert len(batch["boxes"]) == len(batch["questions"]) and any(batch["boxes"])
+    answer, region = model.losses(batch, model.region_targets(batch["boxes"]))
+    assert region.item() > 0
+    assert setting.loss(model, batch, 0).item() == pytest.approx(answer.item() + 0.5 * region.item(), rel=1e-5)
+    assert model.loss_and_logits(batch)[0].item() == pytest.approx(answer.item() + 0.5 * region.item(), rel=1e-5)
+    model.region_weight = 0.0
+    assert setting.loss(model, batch, 0).item() == pytest.approx(answer.item(), rel=1e-6)
+    model.region_weight = 0.5
+    no_boxes = {k: v for k, v in batch.items() if k != "boxes"}
+    assert setting.loss(model, no_boxes, 0).item() == pytest.approx(answer.item(), rel=1e-6)
+    # evaluation: neither the answers nor the boxes are in what predict sees
+    seen = []
+    real = type(setting).predict
+
+    def spy(self, model, b, num_classes):
+        seen.append(set(b))
+        return real(self, model, b, num_classes)
+
+    monkeypatch.setattr(type(setting), "predict", spy)
+    run(scenario_cfg("finetune", train={"region_weight": 0.5, "epochs": 1}), str(tmp_path / "run"))
+    assert seen and all(not ({"answers", "boxes"} & keys) for keys in seen)
+    with pytest.raises(ConfigError, match="train.region_weight' must be >= 0"):
+        scenario_cfg(train={"region_weight": -1.0})
+
+
+def test_quad_and_er_train_the_region_term_on_their_own_rows():
+    """QUAD computes its task loss from its own forward pass from the second step on, and ER replays stored
+    samples: both keep the run's region term (the same objective as every other method)."""
+    from mmcl.engine import build_method
+    from tests.harness import train_step
+
+    for name in ("quad", "er"):
+        terms = {}
+        for w in (0.0, 1.0):
+            cfg = scenario_cfg(name, train={"region_weight": w}, vlm={**TINY_VLM, "image_size": 64})
+            stream = build_stream(cfg)
+            torch.manual_seed(0)
+            m = build_method(stream, cfg)
+            assert m.model.region_weight == w
+            train_step(m, stream[0])
+            m.begin_experience(stream[1])
+            if name == "quad":
+                assert m.teacher is not None  # its own forward pass (replay and attention distillation)
+            batch = stream[1].train.take(torch.arange(8))
+            torch.manual_seed(0)
+            terms[w] = m.training_loss(batch).item()
+        assert terms[1.0] > terms[0.0], name

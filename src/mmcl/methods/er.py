@@ -18,7 +18,7 @@ from mmcl.buffers import ReplayBuffer
 from mmcl.methods.base import Method, register
 
 #: what a stored sample keeps, per grouping (scenario steps: not the ids)
-COLUMNS = {"label": None, "step": ("images", "questions", "answers", "grounding")}
+COLUMNS = {"label": None, "step": ("images", "questions", "answers", "grounding", "boxes")}
 
 
 @register("er")

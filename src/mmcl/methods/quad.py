@@ -175,6 +175,9 @@ class Quad(Method):
         rows = torch.arange(target.shape[0], device=target.device)[:, None].expand_as(target)[keep]
         is_replay = rows >= n
         terms = {"task": per_question_mean(ce[~is_replay], rows[~is_replay])}
+        if self.model.region_weight and batch.get("boxes") is not None:  # the run's grounded objective, current rows
+            terms["task"] = terms["task"] + self.model.region_weight * self.model.region_loss(
+                hidden[:n], {"input_ids": tokens["input_ids"][:n]}, batch["boxes"])
         terms["replay"] = per_question_mean(ce[is_replay], rows[is_replay]) if is_replay.any() else ce.new_zeros(())
         image, text = attention_blocks(tokens["input_ids"], tokens["attention_mask"], self.model.image_token_id)
         terms.update(attention_kd(s_att, t_att, image, text))

@@ -63,6 +63,7 @@ class VLMParams:
     lora_alpha: int = 16                 # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.0            # dropout on the LoRA input
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # language-model modules that get LoRA
+    train_embeddings: bool = False       # with lora/frozen: the token embeddings (and the head tied to them) train too (new words)
     train_vision: bool = True            # vision tower trainable (the presets' towers start random)
     train_projector: bool = True         # vision -> language projector trainable
     image_size: int = 96                 # presets: input image side (images are resized to it)
@@ -172,6 +173,9 @@ class VLM(nn.Module):
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_token_ids = self._eos_ids()
         self._needs_mm_types = "mm_token_type_ids" in inspect.signature(hf.forward).parameters
+        #: > 0: training losses add the region-naming term (`loss_and_logits`) where a batch has `boxes`
+        self.region_weight = 0.0
+        self._cells_memo: dict[tuple, torch.Tensor] = {}  # region targets by (boxes, min_cover)
         if processor is None:
             vc = cfg.vision_config
             n = (vc.image_size // vc.patch_size) ** 2
@@ -242,6 +246,9 @@ class VLM(nn.Module):
             self.hf.lm_head.requires_grad_(True)
         for prm in self.lora_parameters():
             prm.requires_grad_(True)
+        if p.train_embeddings:  # new vocabulary with adapters: the input embeddings and the output head
+            self.hf.get_input_embeddings().requires_grad_(True)
+            self.hf.lm_head.requires_grad_(True)
         # the projector may live inside the vision tower (Qwen2-VL's merger): set it last
         self.vision_tower.requires_grad_(p.train_vision)
         self.projector.requires_grad_(p.train_projector)
@@ -395,7 +402,17 @@ class VLM(nn.Module):
         return self.loss_and_logits(batch)[0]
 
     def loss_and_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss` and, from the same forward pass, the answer-token logits (N, vocab) (for distillation)."""
+        """`loss` and, from the same forward pass, the answer-token logits (N, vocab) (for distillation).
+
+        With `region_weight` > 0 and the batch's `boxes` (each question's annotated image objects), the
+        loss also has the region-naming term times `region_weight` (`losses`): grounded instruction
+        tuning, the objective of every method of a run alike."""
+        if self.region_weight and batch.get("boxes") is not None:
+            tokens = batch if "input_ids" in batch else self.batch(batch["images"], batch["questions"], batch["answers"])
+            h = self.hf.model(**{k: v for k, v in tokens.items() if k != "labels"})[0]
+            logits, target, rows = self.answer_logits(tokens, with_rows=True, hidden=h)
+            answer = per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
+            return answer + self.region_weight * self.region_loss(h, tokens, batch["boxes"]), logits
         logits, target, rows = self.answer_logits(batch, with_rows=True)
         return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows), logits
 
@@ -417,14 +434,16 @@ class VLM(nn.Module):
             raise ValueError(f"{self.num_image_tokens} image tokens are not a square grid")
         step = 100.0 / side
         lo = torch.arange(side, dtype=torch.float64) * step
-        memo: dict[tuple, torch.Tensor] = {}
+        memo = self._cells_memo
+        if len(memo) > 100_000:
+            memo.clear()
         out = torch.full((len(boxes), side * side), IGNORE, dtype=torch.long)
         for i, objs in enumerate(boxes):
-            key = tuple((str(lab), tuple(map(float, b))) for lab, b in objs)
+            key = (tuple((str(lab), tuple(map(float, b))) for lab, b in objs), float(min_cover), side)
             if key not in memo:
                 best = torch.zeros(side, side, dtype=torch.float64)
                 lab_ = torch.full((side, side), IGNORE, dtype=torch.long)
-                for name, (x1, y1, x2, y2) in key:
+                for name, (x1, y1, x2, y2) in key[0]:
                     ox = (torch.minimum(lo + step, torch.tensor(x2)) - torch.maximum(lo, torch.tensor(x1))).clamp(min=0)
                     oy = (torch.minimum(lo + step, torch.tensor(y2)) - torch.maximum(lo, torch.tensor(y1))).clamp(min=0)
                     cover = oy[:, None] * ox[None, :] / max(min((x2 - x1) * (y2 - y1), step * step), 1e-9)
@@ -448,13 +467,22 @@ class VLM(nn.Module):
         h = self.hf.model(**{k: v for k, v in batch.items() if k != "labels"})[0]
         logits, target, rows = self.answer_logits(batch, with_rows=True, hidden=h)
         answer = per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
-        img = batch["input_ids"] == self.image_token_id
+        return answer, self._region_ce(h, batch, cells)
+
+    def _region_ce(self, h: torch.Tensor, tokens: dict, cells: torch.Tensor) -> torch.Tensor:
+        img = tokens["input_ids"] == self.image_token_id
         lab = cells.to(h.device).reshape(-1)
         if int(img.sum()) != lab.numel():
             raise ValueError(f"{lab.numel()} region targets for {int(img.sum())} image tokens")
         m = lab != IGNORE
-        region = F.cross_entropy(self.hf.lm_head(h[img][m]).float(), lab[m]) if bool(m.any()) else h.sum() * 0.0
-        return answer, region
+        return F.cross_entropy(self.hf.lm_head(h[img][m]).float(), lab[m]) if bool(m.any()) else h.sum() * 0.0
+
+    def region_loss(self, hidden: torch.Tensor, tokens: dict, boxes: Sequence[Sequence]) -> torch.Tensor:
+        """The region-naming cross-entropy of rows of `tokens` whose last hidden states are `hidden`
+        (N, L, d); `boxes` has one entry per row (`()` for a row without annotations: no target)."""
+        if len(boxes) != hidden.shape[0]:
+            raise ValueError(f"{len(boxes)} box lists for {hidden.shape[0]} questions")
+        return self._region_ce(hidden, tokens, self.region_targets(boxes))
 
     # -- evaluation
     @torch.no_grad()

@@ -40,7 +40,7 @@ class ScenarioEvaluator(Evaluator):
     (`zeroshot`: one evaluation, not T + 1): the evaluator keeps the last model's answers.
     """
 
-    hidden = ("answers",)
+    hidden = ("answers", "boxes")  # the boxes are every grounding answer
     sharded = True  # under torchrun every rank answers its share of the questions (generation is the slow part)
 
     def __init__(self, setting):
@@ -117,6 +117,11 @@ class ScenarioSetting(Setting):
             "batch_size": 32,
             "region_weight": 0.0,  # > 0: also name the object at every image token (needs the data's boxes)
         },
+        "train": {
+            # > 0: every method's training loss adds the region-naming term times this (the base model's
+            # `base.region_weight` objective on each step's annotated boxes: grounded instruction tuning)
+            "region_weight": 0.0,
+        },
         "eval": {
             "max_new_tokens": 48,  # greedy generation budget per answer (a box is about 9 tokens)
             "predictions": True,  # write predictions.jsonl (every answer of the last evaluation)
@@ -124,6 +129,7 @@ class ScenarioSetting(Setting):
     }
     choices = {"stream.protocol": ("4-step", "20-step", "per-scenario", "per-subtask")}
     ranges = {"base.epochs": ">=0", "base.lr": ">0", "base.batch_size": ">=1", "base.region_weight": ">=0",
+              "train.region_weight": ">=0",
               "eval.max_new_tokens": ">=1", "vlm.lora_r": ">=1", "vlm.lora_alpha": ">0", "vlm.lora_dropout": "[0,1)",
               "vlm.image_size": ">=8", "vlm.patch_size": ">=1", "vlm.vision_dim": ">=0", "vlm.vision_layers": ">=0",
               "vlm.lm_dim": ">=32", "vlm.lm_layers": ">=1", "vlm.seed": ">=0"}
@@ -149,12 +155,14 @@ class ScenarioSetting(Setting):
     def check(cls, cfg: dict) -> None:
         from mmcl.errors import ConfigError
 
-        rw = cfg["base"]["region_weight"]
-        if rw < 0:
-            raise ConfigError(f"config key 'base.region_weight' must be >= 0, got {rw!r}")
-        if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
-            raise ConfigError("config key 'base.region_weight': region naming needs a preset whose image tokens are a "
-                              "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+        for key in ("base.region_weight", "train.region_weight"):
+            section, name = key.split(".")
+            rw = cfg[section][name]
+            if rw < 0:
+                raise ConfigError(f"config key '{key}' must be >= 0, got {rw!r}")
+            if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
+                raise ConfigError(f"config key '{key}': region naming needs a preset whose image tokens are a "
+                                  "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
 
     # -- data -----------------------------------------------------------------------------
     def context(self) -> BuildContext:
@@ -200,7 +208,9 @@ class ScenarioSetting(Setting):
         from mmcl.scenario.base_model import build_scenario_model
 
         weights, _ = self._base_weights(stream, progress=bool(self.cfg["logging"]["progress"]))
-        return build_scenario_model(self.cfg, weights)
+        model = build_scenario_model(self.cfg, weights)
+        model.region_weight = float(self.cfg["train"]["region_weight"])
+        return model
 
     def model_state(self, model):
         """LoRA, projector, trainable tower: the base model is rebuilt from its cache."""
