@@ -132,6 +132,20 @@ def test_scenario_tables_show_vqa_f1_and_per_scenario_scores():
     assert "last_acc (VQA)" in md and "bwt (F1)" in md and "indoor (VQA)" in md and "underwater (F1)" in md
     assert "0.500 ± 0.141" in md and "0.250 ± 0.071" in md and "grounding F1" in md and "aware" not in md
     assert Sweep.score({"summary": {"vqa": {"last_acc": 0.4}, "grounding_f1": {"last_acc": 0.2}}}) == pytest.approx(0.3)
+    # a spec's `metrics` choose the columns; runs of before a metric existed aggregate it to '–'
+    md = markdown({**res, "metrics": ["last_acc", "plasticity"]})
+    assert "plasticity (VQA)" in md and "bwt (VQA)" not in md and "| – |" in md
+
+
+def test_spec_metrics_are_summary_metrics_and_the_grounded_spec_is_valid(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": [{"name": "a", "config": "mm5-finetune"}], "metrics": ["last_acc", "plastic"]}))
+    with pytest.raises(ConfigError, match="'metrics' must be a non-empty list of summary metrics"):
+        read_spec(str(p))
+    spec = read_spec("msvqa-mini-grounded")
+    assert spec.metrics[:2] == ("last_acc", "plasticity") and not spec.tune
+    cfg = load_config("msvqa-mini-finetune", spec.overrides)
+    assert cfg["train"]["region_weight"] == 1.0 and cfg["vlm"]["train_embeddings"] is True
 
 
 def test_sweep_without_tuning_keeps_config_values(tmp_path):
