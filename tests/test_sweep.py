@@ -132,9 +132,13 @@ def test_scenario_tables_show_vqa_f1_and_per_scenario_scores():
     assert "last_acc (VQA)" in md and "bwt (F1)" in md and "indoor (VQA)" in md and "underwater (F1)" in md
     assert "0.500 ± 0.141" in md and "0.250 ± 0.071" in md and "grounding F1" in md and "aware" not in md
     assert Sweep.score({"summary": {"vqa": {"last_acc": 0.4}, "grounding_f1": {"last_acc": 0.2}}}) == pytest.approx(0.3)
-    # a spec's `metrics` choose the columns; runs of before a metric existed aggregate it to '–'
+    # a spec's `metrics` choose the columns; a metric the runs do not have is '–' ...
     md = markdown({**res, "metrics": ["last_acc", "plasticity"]})
     assert "plasticity (VQA)" in md and "bwt (VQA)" not in md and "| – |" in md
+    # ... unless their matrices and baseline give it (a run made before the metric existed)
+    old = {**metrics(0.4, 0.1), "matrices": {"vqa": [[0.5, None], [0.3, 0.6]], "grounding_f1": [[0.1, None], [0.1, 0.1]]},
+           "baseline": {"vqa": [0.2, 0.2], "grounding_f1": [0.0, 0.0]}}
+    assert aggregate([old])["vqa"]["plasticity"]["mean"] == pytest.approx(((0.5 - 0.2) + (0.6 - 0.2)) / 2)
 
 
 def test_spec_metrics_are_summary_metrics_and_the_grounded_spec_is_valid(tmp_path):

@@ -538,6 +538,17 @@ def _pm(v: dict) -> str:
     return "–" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
 
 
+def _summary(m: dict, protocol: str) -> dict:
+    """A run's summary of `protocol`; a metric added to mmcl after the run was made is computed from its
+    matrix and baseline (metrics.json keeps both)."""
+    s = m["summary"][protocol]
+    if all(k in s for k in SUMMARY_KEYS) or protocol not in m.get("matrices", {}):
+        return s
+    from mmcl.metrics import summary
+
+    return {**summary(m["matrices"][protocol], (m.get("baseline") or {}).get(protocol)), **s}
+
+
 def aggregate(ms: list[dict]) -> dict:
     """mean and (sample) std over seeds of every summary metric, per protocol (and per scenario of the last
     step, where the runs have `last_by_scenario`); mean wall time."""
@@ -550,7 +561,7 @@ def aggregate(ms: list[dict]) -> dict:
     protocols = list(ms[0]["summary"])
     agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms), "protocols": protocols}
     for p in protocols:
-        agg[p] = {k: ms_([m["summary"][p].get(k) for m in ms]) for k in SUMMARY_KEYS}  # .get: runs of before a metric
+        agg[p] = {k: ms_([_summary(m, p).get(k) for m in ms]) for k in SUMMARY_KEYS}
     if all("last_by_scenario" in m for m in ms):
         agg["by_scenario"] = {p: {sc: ms_([m["last_by_scenario"][p][sc] for m in ms])
                                   for sc in ms[0]["last_by_scenario"][p]} for p in ms[0]["last_by_scenario"]}
