@@ -41,7 +41,8 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
-# mmcl against Avalanche on the same replay workload; Avalanche gets its own venv (.venv-avalanche, made once)
+# mmcl against Avalanche on the same replay workload; Avalanche gets its own venv (.venv-avalanche: made once,
+# checked before every use and rebuilt when Avalanche does not import in it or its torch is not mmcl's)
 bench-avalanche: setup
 	$(BIN)/python benchmarks/vs_avalanche.py
 

@@ -12,8 +12,12 @@ experience included); Avalanche runs experience replay as its docs build a class
 the `ReplayPlugin` with a `ClassBalancedBuffer` on the `Naive` strategy (its `Replay` strategy is
 that plugin with an experience-balanced buffer), with an accuracy-only evaluator and no loggers.
 Each side is evaluated on the test stream before training and after every experience (the
-`synthetic` stream: on the experiences seen so far). Avalanche lives in its own virtual environment (`--venv`, created
-on first use with the same torch wheel, installed first so pip keeps it); mmcl never imports it.
+`synthetic` stream: on the experiences seen so far). Avalanche lives in its own virtual environment (`--venv`,
+created on first use with the same torch wheel, installed first so pip keeps it; checked before every use, and
+rebuilt when Avalanche does not import in it or its torch is not mmcl's); mmcl never imports it. PyPI's torchvision
+is a CUDA build whose C++ ops do not load with the CPU torch wheel, and then `import avalanche` fails ("operator
+torchvision::nms does not exist"): the Avalanche side imports it through `torchvision_without_ops`, which skips
+those ops' fake-kernel registrations (the workload calls no torchvision op).
 
 Data: the cached `animals` features (5 experiences) and a `synthetic` stream of 50 experiences.
 Sides alternate, `--repeats` times; medians are printed. Per side, in wall and in CPU seconds (the
@@ -32,6 +36,7 @@ level it imports nothing but the standard library and torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -55,6 +60,46 @@ WORKLOADS = {
 
 
 # -- the Avalanche side (runs in the Avalanche venv: no mmcl) -----------------------------------------------
+@contextlib.contextmanager
+def torchvision_without_ops():
+    """Imports of Avalanche (which imports torchvision) with a torchvision whose C++ ops did not load.
+
+    PyPI has torchvision only as a CUDA build (a CPU build is on PyTorch's own index only), and with the CPU torch
+    wheel its `_C` extension does not load. torchvision then skips the fake (meta) kernels of its ops, except two
+    registered unconditionally (`torchvision::nms`, `torchvision::qnms`), whose registration raises "operator
+    torchvision::nms does not exist" and fails `import torchvision`, so `import avalanche`. Within this block such a
+    registration is skipped. Avalanche imports torchvision for its transforms and datasets; this workload calls no
+    torchvision op."""
+    import torch
+
+    register_fake = torch.library.register_fake
+
+    def lenient(op, func=None, /, **kw):
+        def deco(f):
+            try:
+                return register_fake(op, f, **kw)
+            except RuntimeError:  # the op does not exist: its C++ library did not load
+                return f
+        return deco if func is None else deco(func)
+
+    torch.library.register_fake = lenient
+    try:
+        yield
+    finally:
+        torch.library.register_fake = register_fake
+
+
+def check_side() -> dict:
+    """What the driver checks in the Avalanche environment before using it (`--side check`)."""
+    import importlib.metadata as md
+
+    import torch
+
+    with torchvision_without_ops():
+        import avalanche.training  # noqa: F401
+    return {"torch": torch.__version__, "avalanche": md.version("avalanche-lib"), "torchvision": md.version("torchvision")}
+
+
 def avalanche_side(data_file: str) -> dict:
     import importlib.util
 
@@ -62,26 +107,13 @@ def avalanche_side(data_file: str) -> dict:
 
     torch.set_num_threads(1)
     d = torch.load(data_file, weights_only=False)
-    # torchvision's PyPI wheel is built against CUDA torch: with the CPU wheel its C++ ops do not load and its
-    # fake-kernel registrations fail at import. Avalanche imports torchvision but this workload uses none of its ops.
-    register_fake = torch.library.register_fake
-
-    def lenient(op, func=None, /, **kw):
-        def deco(f):
-            try:
-                return register_fake(op, f, **kw)
-            except RuntimeError:
-                return f
-        return deco if func is None else deco(func)
-
-    torch.library.register_fake = lenient
-    from avalanche.benchmarks import tensors_benchmark
-    from avalanche.core import SupervisedPlugin
-    from avalanche.evaluation.metrics import accuracy_metrics
-    from avalanche.training import Naive
-    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
-    from avalanche.training.storage_policy import ClassBalancedBuffer
-    torch.library.register_fake = register_fake
+    with torchvision_without_ops():
+        from avalanche.benchmarks import tensors_benchmark
+        from avalanche.core import SupervisedPlugin
+        from avalanche.evaluation.metrics import accuracy_metrics
+        from avalanche.training import Naive
+        from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+        from avalanche.training.storage_policy import ClassBalancedBuffer
 
     spec = importlib.util.spec_from_file_location("text_aligned", d["model_source"])
     text_aligned = importlib.util.module_from_spec(spec)
@@ -228,22 +260,44 @@ def avalanche_run(python: Path, data_file: Path) -> dict:
 
 
 def ensure_venv(venv: Path) -> Path:
-    """The Avalanche environment: the torch wheel mmcl uses, installed first and pinned, then avalanche-lib."""
+    """The Avalanche environment, checked before use (`--side check`: Avalanche imports, on the torch mmcl runs) and
+    made or rebuilt when that fails: the torch wheel mmcl uses, installed first and pinned, then avalanche-lib (which
+    brings the torchvision release of that torch: see `torchvision_without_ops`)."""
     import torch
 
     python = venv / "bin" / "python"
-    if python.exists() and subprocess.run([str(python), "-c", "import importlib.metadata as m; m.version('avalanche-lib')"],
-                                        capture_output=True).returncode == 0:
+    problem = venv_problem(python, torch.__version__)
+    if problem is None:
         return python
+    if venv.exists() and not (venv / "pyvenv.cfg").exists():
+        raise SystemExit(f"--venv {venv}: exists and is not a virtual environment (not touched)")
     torch_req = f"torch=={torch.__version__.split('+')[0]}"
-    print(f"creating {venv}: {torch_req}, then {AVALANCHE} (a few minutes, once)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    print(f"{'rebuilding' if venv.exists() else 'creating'} {venv} ({problem}): {torch_req}, then {AVALANCHE} "
+          f"(a few minutes, once)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, torch_req], check=True)
     pin = venv / "torch-pin.txt"  # keeps pip from replacing the CPU wheel by a CUDA build for avalanche's deps
     pin.write_text(torch_req + "\n")
     subprocess.run([*pip, "-c", str(pin), AVALANCHE], check=True)
+    problem = venv_problem(python, torch.__version__)
+    if problem is not None:
+        raise SystemExit(f"--venv {venv}: Avalanche's environment does not work after installing it: {problem}")
     return python
+
+
+def venv_problem(python: Path, torch_version: str) -> str | None:
+    """Why the environment of `python` cannot run the Avalanche side (one line), or None."""
+    if not python.exists():
+        return "no environment"
+    p = subprocess.run([str(python), __file__, "--side", "check"], capture_output=True, text=True)
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        return f"Avalanche does not import: {lines[-1] if lines else f'exit status {p.returncode}'}"
+    found = json.loads(p.stdout.strip().splitlines()[-1])
+    if found["torch"] != torch_version:
+        return f"torch {found['torch']}, not mmcl's {torch_version}"
+    return None
 
 
 def growth(exp_s: list[float]) -> float:
@@ -272,11 +326,11 @@ def main() -> int:
                     help="the closing line's time: the processes' CPU seconds (default: robust on a shared machine) "
                          "or wall seconds (both are printed per workload)")
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv-avalanche", help="Avalanche's virtual environment")
-    ap.add_argument("--side", choices=("avalanche",), help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=("avalanche", "check"), help=argparse.SUPPRESS)
     ap.add_argument("--exchange", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.side == "avalanche":
-        print(json.dumps(avalanche_side(args.exchange)))
+    if args.side:
+        print(json.dumps(avalanche_side(args.exchange) if args.side == "avalanche" else check_side()))
         return 0
     python = ensure_venv(args.venv)
     import torch

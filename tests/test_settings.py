@@ -128,3 +128,12 @@ def test_no_method_reads_the_input_format():
 
     for f in Path(mmcl.methods.__file__).parent.glob("*.py"):
         assert not re.search(r"""["']format["']""", f.read_text()), f"{f.name} reads the input format"
+
+
+def test_seen_after_counts_the_classes_of_experiences_up_to_i():
+    from mmcl.settings import build_stream
+
+    stream = build_stream(tiny_cfg("finetune"))
+    counts = [len(set().union(*(e.classes for e in stream.experiences[: i + 1]))) for i in range(len(stream))]
+    assert [stream.seen_after(i) for i in range(len(stream))] == counts
+    assert stream.seen_after(-1) == 0 and stream.seen_after(len(stream)) == counts[-1]

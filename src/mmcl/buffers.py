@@ -69,7 +69,8 @@ class ReplayBuffer:
             return
         quota = self._quotas(old + new)
         for k in old:
-            self.groups[k] = {c: v[: quota[k]] for c, v in self.groups[k].items()}
+            if _len(self.groups[k]) > quota[k]:  # only groups over their new quota shrink (not all, every time)
+                self.groups[k] = {c: v[: quota[k]] for c, v in self.groups[k].items()}
         for k in new:
             if member is not None:
                 idx = torch.nonzero(member == k).flatten()

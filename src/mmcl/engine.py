@@ -285,10 +285,10 @@ class Engine:
         train_s = time.perf_counter() - t0
         self.timing["train_s"] += train_s
         method.after_experience(exp)  # consolidation in full precision (statistics, Fisher terms, re-training)
-        digests = dist.check_replicated(method.extra_state())
+        digests = dist.check_replicated(method.extra_state())  # under torchrun only
         self.events.log("experience_end", exp=i, train_s=round(train_s, 4),
                         samples_per_s=round(len(data) * tcfg["epochs"] / train_s, 1) if train_s > 0 and steps else None,
-                        state_digests=digests)
+                        **({"state_digests": digests} if digests else {}))
         row = self._evaluate(i)
         for name in self.rows:
             self.rows[name].append(row[name])

@@ -165,10 +165,12 @@ class Stream:
 
     def __post_init__(self):
         seen: list[int] = []
+        self._seen_after: list[int] = []  # classes introduced by experiences 0..i
         for i, e in enumerate(self.experiences):
             if e.index != i:
                 raise ValueError(f"experience {e.name} has index {e.index}, expected {i}")
             seen.extend(e.classes)
+            self._seen_after.append(len(seen))
         if seen != list(range(len(seen))):
             raise ValueError("class ids must be numbered in order of first appearance in the stream")
         n_anchors = 0 if self.anchors is None else len(self.anchors)
@@ -187,8 +189,11 @@ class Stream:
         return iter(self.experiences)
 
     def seen_after(self, i: int) -> int:
-        """Number of classes introduced by experiences 0..i."""
-        return sum(len(e.classes) for e in self.experiences[: i + 1])
+        """Number of classes introduced by experiences 0..i (read at every training step: a look-up, not a sum
+        over the experiences seen)."""
+        if i < 0 or not self._seen_after:
+            return 0
+        return self._seen_after[min(i, len(self._seen_after) - 1)]
 
     @property
     def feature_keys(self) -> list[str]:
