@@ -59,6 +59,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """The global generators' states (torch, numpy, python), and CUDA's (one per visible GPU) where CUDA is
+    available: dropout on a GPU draws from CUDA's generators."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`'s generators. CUDA's only where CUDA is available (a GPU run resumed on a CPU has no
+    CUDA generator; a CPU run resumed on a GPU keeps the seeded one), and for the GPUs that exist here."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
+
+
 def versions() -> dict:
     return {"mmcl": metadata.version("mmcl"), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
@@ -184,9 +204,7 @@ class Engine:
                 self.scaler.load_state_dict(state["scaler"])
             self.timing = state["timing"]
             events_bytes = state["events_bytes"]
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
+            set_rng_state(state["rng"])
         else:
             self.run_dir.clear()
             self.run_dir.write_config(cfg, versions())
@@ -216,7 +234,7 @@ class Engine:
             "rows": self.rows,
             "baseline": self.baseline,
             "timing": dict(self.timing),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
             "events_bytes": self.events.tell(),
         }, "cpu"))
 
