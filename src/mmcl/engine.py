@@ -107,8 +107,11 @@ def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
         except RuntimeError:  # a torch without fused kernels for this device
             pass
     # the multi-tensor ("foreach") kernel: bitwise the same result as torch's CPU default (one tensor at a
-    # time), in fewer passes (tested)
-    return _optimizer(params, tcfg, foreach=True)
+    # time), in fewer passes (tested); not over FSDP's sharded parameters beside plain ones (`vlm.fsdp`), which
+    # one multi-tensor call cannot mix
+    from torch.distributed.tensor import DTensor
+
+    return _optimizer(params, tcfg, foreach=not any(isinstance(t, DTensor) for t in tensors))
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -229,7 +232,7 @@ class Engine:
             "version": 1,
             "position": vars(self.pos).copy(),
             "method": self.method.state_dict(),
-            "optimizer": opt.state_dict() if opt is not None else None,
+            "optimizer": self.setting.optimizer_state(self.method.model, opt) if opt is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rows": self.rows,
             "baseline": self.baseline,
@@ -277,7 +280,7 @@ class Engine:
         if fresh or self.opt is None:
             self.opt = make_optimizer(method.param_groups(), tcfg)
             if not fresh and self.opt is not None and self.opt_state is not None:
-                self.opt.load_state_dict(self.opt_state)
+                self.setting.load_optimizer_state(method.model, self.opt, self.opt_state)
         self.opt_state = None
         bs = tcfg["batch_size"]
         steps = math.ceil(len(data) / bs) if self.opt is not None else 0
