@@ -128,6 +128,11 @@ class Setting:
     def check(cls, cfg: dict) -> None:
         """Config-time checks of the resolved config beyond types and choices; raise ConfigError."""
 
+    @classmethod
+    def check_method(cls, cfg: dict, methods: dict) -> None:
+        """Config-time checks of the chosen method (`methods`: name -> class, the registry) against this
+        setting's keys; raise ConfigError."""
+
     # -- data -----------------------------------------------------------------------------
     def context(self) -> BuildContext:
         cfg = self.cfg

@@ -171,21 +171,24 @@ class ScenarioSetting(Setting):
     def check(cls, cfg: dict) -> None:
         from mmcl.errors import ConfigError
 
-        if cfg["vlm"]["fsdp"]:
-            from mmcl.methods import METHODS
-
-            name = cfg["method"]["name"]
-            if not METHODS[name].fsdp:
-                ok = ", ".join(n for n, c in sorted(METHODS.items()) if c.fsdp and "scenario" in c.settings)
-                raise ConfigError(f"config key 'vlm.fsdp': method '{name}' keeps state per parameter of the language "
-                                  f"model or adds modules to it, which a sharded model does not support; use "
-                                  f"vlm.fsdp=false or one of: {ok}")
         rw = cfg["base"]["region_weight"]
         if rw < 0:
             raise ConfigError(f"config key 'base.region_weight' must be >= 0, got {rw!r}")
         if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
             raise ConfigError("config key 'base.region_weight': region naming needs a preset whose image tokens are a "
                               "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+
+    @classmethod
+    def check_method(cls, cfg: dict, methods: dict) -> None:
+        """`vlm.fsdp` with a method that cannot run sharded (`Method.fsdp`) is refused."""
+        from mmcl.errors import ConfigError
+
+        name = cfg["method"]["name"]
+        if cfg["vlm"]["fsdp"] and not methods[name].fsdp:
+            ok = ", ".join(n for n, c in sorted(methods.items()) if c.fsdp and "scenario" in c.settings)
+            raise ConfigError(f"config key 'vlm.fsdp': method '{name}' keeps state per parameter of the language "
+                              f"model or adds modules to it, which a sharded model does not support; use "
+                              f"vlm.fsdp=false or one of: {ok}")
 
     # -- data -----------------------------------------------------------------------------
     def context(self) -> BuildContext:
