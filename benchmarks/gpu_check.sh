@@ -7,7 +7,8 @@
 #    speed-up printed;
 # 2. a 4-step msvqa-mini run in bf16 on CUDA (smaller sizes; the base model as the bundled config's);
 # 3. a 2-process torchrun of each setting against one process (within 0.02): one GPU per rank when
-#    there are two, else both ranks on GPU 0 over gloo (NCCL refuses two ranks on one GPU).
+#    there are two, else both ranks on GPU 0 over gloo (NCCL refuses two ranks on one GPU);
+# 4. the same for msvqa-mini-lwf with the language model sharded by FSDP (vlm.fsdp=true).
 # Prints what it verified; exits non-zero at the first failed check. About 5-8 minutes on one modern
 # GPU once the data exist (`mmcl data mm5`, `mmcl data msvqa-mini`: generated on the CPU, cached).
 set -euo pipefail
@@ -105,5 +106,19 @@ print(f"  method state identical on both ranks after all {len(ends)} experiences
 EOF
 done
 echo "  verified: 2-process torchrun of both settings matches one process (backend ${BACKEND:-nccl})"
+
+say "4. torchrun, 2 processes, the language model sharded by FSDP (vlm.fsdp=true), LwF (a sharded teacher)"
+extra=("${Q[@]}" "${SCN[@]}" device=$DEV precision=fp32 vlm.fsdp=true)
+"${MMCL[@]}" run msvqa-mini-lwf "${extra[@]}" --out "$OUT/fsdp-1" >/dev/null
+MMCL_DIST_BACKEND=$BACKEND OMP_NUM_THREADS=4 "$TORCHRUN" --standalone --nproc_per_node=2 -m mmcl run msvqa-mini-lwf \
+  "${extra[@]}" --out "$OUT/fsdp-2" >/dev/null
+compare "$OUT/fsdp-1" "$OUT/fsdp-2" 0.02
+"$PY" - "$OUT/fsdp-2" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1] + "/metrics.json"))
+assert m["fsdp"]["ranks"] == 2 and m["fsdp"]["sharded_units"] > 0, m["fsdp"]
+print(f"  {m['fsdp']['sharded_units']} fully_shard units over 2 ranks")
+EOF
+echo "  verified: FSDP over the language model on 2 ranks matches one process (backend ${BACKEND:-nccl})"
 
 say "all checks passed; runs in $OUT"

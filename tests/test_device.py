@@ -114,6 +114,9 @@ def test_a_run_saved_on_one_device_resumes_on_another(tmp_path, monkeypatch):
                 walk(v)
     walk(saved)
     assert devices == {"cpu"}  # device-independent as written
+    assert "cuda" not in saved["rng"] or torch.cuda.is_available()  # CUDA's generators only where CUDA is
+    saved["rng"].setdefault("cuda", [torch.zeros(16, dtype=torch.uint8)])  # as a GPU run's checkpoint holds
+    torch.save(saved, ckpt)
     _as_if_saved_on_cuda(ckpt)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
@@ -122,3 +125,29 @@ def test_a_run_saved_on_one_device_resumes_on_another(tmp_path, monkeypatch):
     run({**cfg, "device": "cpu"}, str(tmp_path / "cut"), resume=True)
     full, cut = metrics_without_timing(tmp_path / "full"), metrics_without_timing(tmp_path / "cut")
     assert cut == full
+
+
+def test_cuda_generators_are_checkpointed_where_cuda_is_and_restored_only_there(monkeypatch):
+    """`engine.rng_state` / `set_rng_state` with CUDA present (simulated): its generators' states are saved and
+    restored, for the GPUs that exist; without CUDA a checkpoint's CUDA states are skipped, and a checkpoint
+    without them (saved on a CPU) restores the others."""
+    from mmcl import engine
+
+    cuda = [torch.full((8,), 1, dtype=torch.uint8), torch.full((8,), 2, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(cuda))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    state = engine.rng_state()
+    assert [torch.equal(a, b) for a, b in zip(state["cuda"], cuda)] == [True, True]
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(4)
+    engine.set_rng_state({**state, "torch": torch.manual_seed(3).get_state()})
+    assert torch.equal(torch.rand(3), expected) and len(restored) == 1 and torch.equal(restored[0], cuda[0])
+    engine.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a CPU checkpoint on a GPU machine
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU checkpoint on a CPU machine
+    engine.set_rng_state(state)
+    assert len(restored) == 1 and "cuda" not in engine.rng_state()

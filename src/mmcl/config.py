@@ -332,6 +332,7 @@ def validate(cfg: dict) -> dict:
 
     check_device(out["device"])
     setting.check(out)
+    setting.check_method(out, METHODS)
     if out["logging"]["wandb"]:
         import importlib.util
 

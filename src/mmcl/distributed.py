@@ -100,7 +100,10 @@ def average_gradients(params) -> None:
     branches) are few, so one bucket is what DDP's own bucketing would send."""
     if not active():
         return
-    params = [p for p in params if p.requires_grad]
+    from torch.distributed.tensor import DTensor
+
+    # parameters sharded by FSDP (`vlm.fsdp`) had their gradients reduce-scattered (averaged) by FSDP itself
+    params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     if not params:
         return
     for p in params:

@@ -59,6 +59,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """The global generators' states (torch, numpy, python), and CUDA's (one per visible GPU) where CUDA is
+    available: dropout on a GPU draws from CUDA's generators."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`'s generators. CUDA's only where CUDA is available (a GPU run resumed on a CPU has no
+    CUDA generator; a CPU run resumed on a GPU keeps the seeded one), and for the GPUs that exist here."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
+
+
 def versions() -> dict:
     return {"mmcl": metadata.version("mmcl"), "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
@@ -87,8 +107,11 @@ def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer | None:
         except RuntimeError:  # a torch without fused kernels for this device
             pass
     # the multi-tensor ("foreach") kernel: bitwise the same result as torch's CPU default (one tensor at a
-    # time), in fewer passes (tested)
-    return _optimizer(params, tcfg, foreach=True)
+    # time), in fewer passes (tested); not over FSDP's sharded parameters beside plain ones (`vlm.fsdp`), which
+    # one multi-tensor call cannot mix
+    from torch.distributed.tensor import DTensor
+
+    return _optimizer(params, tcfg, foreach=not any(isinstance(t, DTensor) for t in tensors))
 
 
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -184,9 +207,7 @@ class Engine:
                 self.scaler.load_state_dict(state["scaler"])
             self.timing = state["timing"]
             events_bytes = state["events_bytes"]
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
+            set_rng_state(state["rng"])
         else:
             self.run_dir.clear()
             self.run_dir.write_config(cfg, versions())
@@ -211,12 +232,12 @@ class Engine:
             "version": 1,
             "position": vars(self.pos).copy(),
             "method": self.method.state_dict(),
-            "optimizer": opt.state_dict() if opt is not None else None,
+            "optimizer": self.setting.optimizer_state(self.method.model, opt) if opt is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "rows": self.rows,
             "baseline": self.baseline,
             "timing": dict(self.timing),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
             "events_bytes": self.events.tell(),
         }, "cpu"))
 
@@ -259,7 +280,7 @@ class Engine:
         if fresh or self.opt is None:
             self.opt = make_optimizer(method.param_groups(), tcfg)
             if not fresh and self.opt is not None and self.opt_state is not None:
-                self.opt.load_state_dict(self.opt_state)
+                self.setting.load_optimizer_state(method.model, self.opt, self.opt_state)
         self.opt_state = None
         bs = tcfg["batch_size"]
         steps = math.ceil(len(data) / bs) if self.opt is not None else 0

@@ -188,6 +188,26 @@ def test_vit_without_processor_whisper_encoder_depth_and_video(ckpt, data):
     assert depth.train["tokens"].shape[1:] == (mm5_data.TOKENS, mm5_data.WIDTH)
 
 
+def test_a_checkpoint_encodes_on_the_runs_device_and_returns_cpu_features(ckpt, monkeypatch):
+    """The model follows `encoding_on(device)` (the run's device, a GPU there) like the bundled encoders, once per
+    device; its features come back on the CPU, where the stream caches them. Here the model starts 'elsewhere'
+    and the run's device is the CPU: the same `.to(device)` a GPU run makes."""
+    from mmcl.device import encoding_on
+
+    spec = hf.parse("encoder.image", "image", f"hf:{ckpt['vit']}")
+    enc = hf.load(spec)
+    moves = []
+    real_to = enc.model.to
+    monkeypatch.setattr(enc.model, "to", lambda dev: (moves.append(torch.device(dev)), real_to(dev))[1])
+    monkeypatch.setattr(enc, "device", torch.device("meta"))  # as if left on another device by an earlier run
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    with encoding_on(torch.device("cpu")):
+        a = enc.encode_images(images)
+        b = enc.encode_images(images)  # already there: not moved again
+    assert moves == [torch.device("cpu")] and enc.device == torch.device("cpu")
+    assert a.device.type == "cpu" and a.shape == (3, 1 + hf.SEGMENTS, 32) and torch.equal(a, b)
+
+
 def test_run_with_checkpoints_and_skipped_files_counted_in_metrics(ckpt, data, tmp_path):
     from mmcl.cli import main
 

@@ -26,7 +26,6 @@ sample) and with `known_modality=True` for the aware one (it may read batch["m"]
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +50,9 @@ class Method:
     settings: tuple[str, ...] = ("modality",)
     #: predict() picks modality-specific parameters when told the modality (see module doc)
     uses_known_modality = False
+    #: runs with the scenario model's language model sharded by FSDP (`vlm.fsdp`): keeps no state per parameter
+    #: of the language model (each rank holds only its shards) and adds no module to it
+    fsdp = True
     #: hyper-parameters with a closed set of values: name -> allowed values (checked when the config
     #: is loaded, and again here for a method built directly)
     choices: dict[str, tuple] = {}
@@ -93,6 +95,7 @@ class Method:
         it in DDP for training over its trainable parameters. The engine calls this once the method is
         built, and `begin_experience` again (a method may add adapters or branches, or freeze some)."""
         self.model.to(self.device)
+        self.setting.shard(self.model)  # e.g. FSDP over the scenario model's language model (`vlm.fsdp`)
         self._train_module = None
         if dist.active() and self.setting.ddp and self.trainable_parameters():
             # find_unused_parameters: on a multimodal stream a step uses one modality's input projection
@@ -135,8 +138,8 @@ class Method:
         cover the model's learned weights."""
         if state is None:
             return None
-        teacher = copy.deepcopy(self.model)
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
+        teacher = self.setting.copy_model(self.model, self.stream)
+        missing, unexpected = self.setting.load_model_state(teacher, state)
         bad = self.setting.check_loaded(teacher, missing, unexpected)
         if bad:
             raise ValueError(f"{self.name}: previous model state does not match the model: {bad[:3]}")
@@ -182,17 +185,18 @@ class Method:
         """Before a checkpoint's weights load: rebuild what the method added to the model since it was
         built (adapters, branches), from the checkpoint's `extra_state`."""
 
-    def model_state(self) -> dict:
-        """The model's checkpointed state (the setting's choice: what training changes)."""
-        return self.setting.model_state(self.model)
+    def model_state(self, checkpoint: bool = False) -> dict:
+        """The model's checkpointed state (the setting's choice: what training changes); `checkpoint`: for the
+        file rank 0 writes (`Setting.model_state`)."""
+        return self.setting.model_state(self.model, checkpoint)
 
     def state_dict(self) -> dict:
-        return {"model": self.model_state(), "rng": self.rng.get_state(), "extra": self.extra_state()}
+        return {"model": self.model_state(checkpoint=True), "rng": self.rng.get_state(), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.restore_structure(state["extra"])
         try:
-            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+            missing, unexpected = self.setting.load_model_state(self.model, state["model"])
         except RuntimeError as e:  # shapes differ: a checkpoint of another model
             first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(f"checkpoint does not match the model (from another run?): {first}") from None

@@ -40,6 +40,7 @@ from mmcl.methods.base import Method, register
 @register("ewc")
 class EWC(Method):
     settings = ("modality", "scenario")
+    fsdp = False  # Fisher terms per parameter: of a sharded language model each rank would hold other shards
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"modality": {"ewc_lambda": [1e4, 1e5, 1e6]}, "scenario": {"ewc_lambda": [1e3, 1e4, 1e5]}}
     setting_defaults = {"scenario": {"ewc_lambda": 1e4, "fisher_batch_size": 1}}

@@ -63,6 +63,7 @@ def adapter_name(k: int) -> str:
 @register("olora")
 class OLoRA(Method):
     settings = ("scenario",)
+    fsdp = False  # adds LoRA modules to the language model at every step: not to a sharded one
     #: candidates tried on validation data by `mmcl sweep` (the same budget for every method)
     search_space = {"scenario": {"lambda_1": [0.05, 0.5, 5.0]}}
 
@@ -165,7 +166,7 @@ class OLoRA(Method):
         return loss
 
     # -- state ---------------------------------------------------------------------------
-    def model_state(self) -> dict:
+    def model_state(self, checkpoint: bool = False) -> dict:
         """Trainable parameters plus every adapter (the frozen previous ones too)."""
         names = {n for n, p in self.model.named_parameters() if p.requires_grad or "lora_" in n}
         return {k: v.detach().clone() for k, v in self.model.state_dict().items() if k in names}

@@ -180,6 +180,7 @@ class HFEncoder:
             if bars:
                 transformers.utils.logging.enable_progress_bar()
         self.model = model.eval().requires_grad_(False)
+        self.device = torch.device("cpu")  # where the model is now (`_on_device` moves it to the run's device)
         kind = spec.kind
         self.tower, self.conf = model, self.config
         self.extra = {}
@@ -266,14 +267,26 @@ class HFEncoder:
         return int(getattr(self.processor, "sampling_rate", 16000))
 
     # -- forward ----------------------------------------------------------------------------
+    def _on_device(self) -> torch.device:
+        """The run's encoding device (`mmcl.device.encoding_device`), the model moved there first if it is not:
+        like the bundled encoders, features are computed on the run's device (a GPU) and returned on the CPU."""
+        from mmcl.device import encoding_device
+
+        dev = encoding_device()
+        if dev != self.device:
+            self.model.to(dev)
+            self.device = dev
+        return dev
+
     def _run(self, inputs: dict, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1 + segments, d): pooled token then segment means of the last hidden states."""
-        inputs = {k: v for k, v in inputs.items() if k in self.accepts}
+        """(B, 1 + segments, d): pooled token then segment means of the last hidden states (on the CPU)."""
+        dev = self._on_device()
+        inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items() if k in self.accepts}
         out = self.tower(**inputs, return_dict=True)
         h = out.last_hidden_state
         if h.ndim == 4:  # (B, C, H, W) feature maps (CLAP's audio tower): positions as a sequence
             h = h.flatten(2).transpose(1, 2)
-        h = h.float()
+        h = h.float().cpu()
         B, L, d = h.shape
         if valid is None:
             valid = torch.ones(B, L, dtype=torch.bool)
@@ -288,7 +301,7 @@ class HFEncoder:
         elif self.pooling == "mean" or pooled is None or pooled.ndim != 2 or pooled.shape[-1] != d:
             first = mean
         else:
-            first = pooled.float()
+            first = pooled.float().cpu()
         n_seg = min(SEGMENTS, L)
         segs = torch.zeros(B, n_seg, d)
         for i in range(B):

@@ -75,6 +75,7 @@ class VLMParams:
     lm_layers: int = 2                   # tiny: language model depth
     seed: int = 0                        # initialisation of random weights (vision tower, projector, tiny LM, LoRA)
     gradient_checkpointing: bool = False  # recompute the layers' activations in backward (less memory, ~1/3 more compute)
+    fsdp: bool = False                   # under torchrun: shard the language model's decoder layers over the ranks (FSDP2)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "VLMParams":
@@ -491,6 +492,9 @@ class VLM(nn.Module):
         """Greedy answers to `questions` about `images`, in batches of `batch_size` (0 = all at once)."""
         from transformers import GenerationConfig
 
+        from mmcl import distributed as dist
+        from mmcl.fsdp import sharded
+
         questions = list(questions)
         n = len(questions)
         imgs = _as_list(images)
@@ -498,13 +502,16 @@ class VLM(nn.Module):
         gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=use_cache,
                               pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_ids,
                               temperature=None, top_p=None, top_k=None)
+        # a sharded language model (`vlm.fsdp`): every rank decodes until all ranks' answers ended, since every
+        # decoding step gathers weights from all of them
+        synced = dist.active() and sharded(self.language_model)
         was_training = self.training
         self.eval()
         answers: list[str] = []
         try:
             for s in range(0, n, bs):
                 batch = self.prompt_batch(_subset(images, imgs, s, s + bs), questions[s:s + bs])
-                out = self.hf.generate(**batch, generation_config=gc)
+                out = self.hf.generate(**batch, generation_config=gc, synced_gpus=synced)
                 for row in out[:, batch["input_ids"].shape[1]:].tolist():
                     answers.append(self.decode(row))
         finally:

@@ -39,8 +39,8 @@ from mmcl.stream import SampleSet, Stream
 
 VERSION = "3"  # 2: per-question answer loss; 3: keyed by the pre-training data's content
 #: VLMParams fields that only say what the *stream* trains; they do not change the base weights
-STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_embeddings", "train_vision", "train_projector",
-               "gradient_checkpointing")
+STREAM_ONLY = ("lm_train", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_embeddings", "train_vision",
+               "train_projector", "gradient_checkpointing", "fsdp")
 
 
 def vlm_params(cfg: dict) -> VLMParams:

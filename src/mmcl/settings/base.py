@@ -8,8 +8,9 @@ do not have to ask which one they are in:
   data          `context` (what benchmark builders may read) and `build_stream`
   stages        `prepare`: work done once before the stream (the scenario base model), cached;
                 the engine runs it and records what it returns
-  model         `build_model`, and what a checkpoint holds of it (`model_state`, `check_loaded`);
-                where it computes (`device`, `precision`, `autocast`: `mmcl.device`)
+  model         `build_model`, and what a checkpoint holds of it (`model_state`, `load_model_state`,
+                `check_loaded`, `optimizer_state`); where it computes (`device`, `precision`, `autocast`:
+                `mmcl.device`); how it is spread over the ranks beyond data parallelism (`shard`, `copy_model`)
   training      `loss` (the default training loss), `loss_and_outputs` / `outputs` (what a
                 distillation compares), `join` (a batch plus replayed samples), `batch_size`
   evaluation    `predict` (the default prediction), `evaluator()` (an object that scores one
@@ -127,6 +128,11 @@ class Setting:
     def check(cls, cfg: dict) -> None:
         """Config-time checks of the resolved config beyond types and choices; raise ConfigError."""
 
+    @classmethod
+    def check_method(cls, cfg: dict, methods: dict) -> None:
+        """Config-time checks of the chosen method (`methods`: name -> class, the registry) against this
+        setting's keys; raise ConfigError."""
+
     # -- data -----------------------------------------------------------------------------
     def context(self) -> BuildContext:
         cfg = self.cfg
@@ -149,10 +155,33 @@ class Setting:
     def build_model(self, stream: Stream) -> nn.Module:
         raise NotImplementedError
 
-    def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps of the model: everything but the frozen pretrained parts."""
+    def model_state(self, model: nn.Module, checkpoint: bool = False) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the model: everything but the frozen pretrained parts. `checkpoint`: for
+        the checkpoint file rank 0 writes (a sharded model gathers it there only)."""
         frozen = getattr(model, "FROZEN", ())
         return {k: v for k, v in model.state_dict().items() if not k.startswith(frozen)}
+
+    def load_model_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load a `model_state` into `model` (not strict); returns the (missing, unexpected) keys."""
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        return list(missing), list(unexpected)
+
+    def optimizer_state(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+        """What a checkpoint keeps of the optimiser of `model`'s parameters."""
+        return opt.state_dict()
+
+    def load_optimizer_state(self, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+        opt.load_state_dict(state)
+
+    def shard(self, model: nn.Module) -> None:
+        """Spread `model`'s weights over the ranks beyond data parallelism (nothing by default). Called with the
+        model on its device, before an optimiser is made; again at every experience (only the first call acts)."""
+
+    def copy_model(self, model: nn.Module, stream: Stream) -> nn.Module:
+        """A copy of `model` (structure and weights) for a method's teacher."""
+        import copy
+
+        return copy.deepcopy(model)
 
     def check_loaded(self, model: nn.Module, missing: list[str], unexpected: list[str]) -> list[str]:
         """Keys that make a loaded `model_state` unusable (missing learned weights, unknown keys)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import sys
 
 import torch
@@ -22,11 +23,20 @@ from mmcl.stream import Stream
 
 
 def state_digest(model: nn.Module) -> str:
-    """Hash of every weight and buffer: whatever a method changes, a changed model gets new answers."""
-    h = hashlib.sha256()
+    """Hash of every weight and buffer: whatever a method changes, a changed model gets new answers. Of a sharded
+    model (`vlm.fsdp`), every rank hashes its shards and the digest is that of all ranks' hashes."""
+    from torch.distributed.tensor import DTensor
+
+    from mmcl import distributed as dist
+
+    h, local = hashlib.sha256(), False
     for name, t in model.state_dict().items():
+        if isinstance(t, DTensor):
+            t, local = t.to_local(), True
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if local and dist.active():
+        return hashlib.sha256("".join(dist.gather_objects(h.hexdigest())).encode()).hexdigest()
     return h.hexdigest()
 
 
@@ -75,6 +85,14 @@ class ScenarioEvaluator(Evaluator):
                     for a in method.predict(without(batch, self.hidden), None):  # never the answers
                         mine[int(order[k])] = a
                         k += 1
+                if self.setting.fsdp:  # every rank makes as many (collective) calls as the one with most to answer
+                    from mmcl.fsdp import lockstep_batches
+
+                    extra = lockstep_batches(len(test), bs) - math.ceil(len(order) / bs)
+                    if extra:
+                        dummy = without(next(test.subset(torch.zeros(1, dtype=torch.long)).batches(1)), self.hidden)
+                        for _ in range(extra):
+                            method.predict(dummy, None)
                 answers: list[str] = [""] * len(test)
                 for part in dist.gather_objects(mine):
                     for i, a in part.items():
@@ -139,6 +157,10 @@ class ScenarioSetting(Setting):
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         self._base: tuple[int, dict, dict] | None = None  # (id of the pre-training data, weights, meta)
+        #: `vlm.fsdp`: the language model is sharded under torchrun (`mmcl.fsdp`), and model and optimiser states
+        #: go through torch.distributed.checkpoint's full state dicts (one process too: the same checkpoints)
+        self.fsdp = bool(cfg["vlm"].get("fsdp", False))
+        self._fsdp_units = 0  # fully_shard units of the model (decoder layers + the language model): metrics.json
 
     # -- config ---------------------------------------------------------------------------
     @classmethod
@@ -163,6 +185,18 @@ class ScenarioSetting(Setting):
             if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
                 raise ConfigError(f"config key '{key}': region naming needs a preset whose image tokens are a "
                                   "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+
+    @classmethod
+    def check_method(cls, cfg: dict, methods: dict) -> None:
+        """`vlm.fsdp` with a method that cannot run sharded (`Method.fsdp`) is refused."""
+        from mmcl.errors import ConfigError
+
+        name = cfg["method"]["name"]
+        if cfg["vlm"]["fsdp"] and not methods[name].fsdp:
+            ok = ", ".join(n for n, c in sorted(methods.items()) if c.fsdp and "scenario" in c.settings)
+            raise ConfigError(f"config key 'vlm.fsdp': method '{name}' keeps state per parameter of the language "
+                              f"model or adds modules to it, which a sharded model does not support; use "
+                              f"vlm.fsdp=false or one of: {ok}")
 
     # -- data -----------------------------------------------------------------------------
     def context(self) -> BuildContext:
@@ -212,9 +246,68 @@ class ScenarioSetting(Setting):
         model.region_weight = float(self.cfg["train"]["region_weight"])
         return model
 
-    def model_state(self, model):
-        """LoRA, projector, trainable tower: the base model is rebuilt from its cache."""
-        return model.trainable_state_dict()
+    def model_state(self, model, checkpoint: bool = False):
+        """LoRA, projector, trainable tower: the base model is rebuilt from its cache. With `vlm.fsdp`, full
+        tensors gathered by torch.distributed.checkpoint (for a checkpoint: into rank 0's CPU memory only)."""
+        if not self.fsdp:
+            return model.trainable_state_dict()
+        from mmcl.fsdp import trainable_state
+
+        return trainable_state(model, {n for n, p in model.named_parameters() if p.requires_grad}, checkpoint)
+
+    def load_model_state(self, model, state):
+        if not self.fsdp:
+            return super().load_model_state(model, state)
+        from mmcl.fsdp import load_state
+
+        return load_state(model, state)
+
+    def optimizer_state(self, model, opt):
+        if not self.fsdp:
+            return super().optimizer_state(model, opt)
+        from mmcl.fsdp import optimizer_state
+
+        return optimizer_state(model, opt)
+
+    def load_optimizer_state(self, model, opt, state):
+        if not self.fsdp:
+            return super().load_optimizer_state(model, opt, state)
+        from mmcl.fsdp import load_optimizer_state
+
+        load_optimizer_state(model, opt, state)
+
+    def shard(self, model):
+        """`vlm.fsdp` under torchrun: FSDP over the language model (`mmcl.fsdp`), once."""
+        from mmcl import distributed as dist
+
+        if not (self.fsdp and dist.active()):
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        from mmcl.fsdp import shard_language_model, sharded
+
+        if not sharded(model):
+            lm = model.language_model
+            head = model.hf.get_output_embeddings()
+            tied = {p for p in lm.parameters() if head is not None and p is head.weight}  # tiny, smollm2 tie them
+            shard_language_model(lm, lm.layers, tied)
+            self._fsdp_units = sum(isinstance(m, FSDPModule) for m in model.modules())
+
+    def copy_model(self, model, stream):
+        """A sharded model cannot be deep-copied (FSDP refuses): a second one is built as the first was, with the
+        attention implementation a method chose (`quad` reads attention maps: eager), sharded; the caller loads
+        the state it needs (a method's teacher: its previous trainable state)."""
+        from mmcl.fsdp import sharded
+
+        if not sharded(model):
+            return super().copy_model(model, stream)
+        twin = self.build_model(stream)
+        impl = getattr(model.language_model.config, "_attn_implementation", None)
+        if impl and impl != getattr(twin.language_model.config, "_attn_implementation", None):
+            twin.language_model.set_attn_implementation(impl)
+        twin.to(self.device)
+        self.shard(twin)
+        return twin
 
     def check_loaded(self, model, missing, unexpected):
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -245,6 +338,10 @@ class ScenarioSetting(Setting):
         return ScenarioEvaluator(self)
 
     def extra_metrics(self, rows, stream):
+        from mmcl import distributed as dist
+
         given = "the image and the question; never the answer, the step or the scenario"
-        return {"last_by_scenario": last_row_by_scenario(rows, stream),
-                "protocols": {name: given for name in rows}}
+        out = {"last_by_scenario": last_row_by_scenario(rows, stream), "protocols": {name: given for name in rows}}
+        if self.fsdp:  # how the language model was spread: fully_shard units over how many ranks (0: not sharded)
+            out["fsdp"] = {"ranks": dist.world(), "sharded_units": self._fsdp_units}
+        return out
