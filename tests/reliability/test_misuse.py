@@ -72,19 +72,19 @@ def test_a_full_disk_is_said_and_the_last_checkpoint_stays_intact(tmp_path, cfg_
     r = _interrupted_run(tmp_path, cfg_file, monkeypatch, capsys)
     ckpt = r / "checkpoints" / "last.pt"
     before = ckpt.read_bytes()
-    real = results.atomic_write_bytes
+    real = results.atomic_write_with  # checkpoints are streamed into the temporary file (atomic_write_with)
 
-    def full(path, data):
+    def full(path, write):
         if str(path).endswith("last.pt"):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, data)
+        return real(path, write)
 
-    monkeypatch.setattr(results, "atomic_write_bytes", full)
+    monkeypatch.setattr(results, "atomic_write_with", full)
     assert cli.main(["run", "--resume", str(r)]) == 2
     err = capsys.readouterr().err
     assert "disk full" in err and "--resume" in err and _one_line(err)
     assert ckpt.read_bytes() == before  # the checkpoint of before is whole
-    monkeypatch.setattr(results, "atomic_write_bytes", real)
+    monkeypatch.setattr(results, "atomic_write_with", real)
     assert cli.main(["run", "--resume", str(r)]) == 0  # space freed: the run goes on from it
 
 
