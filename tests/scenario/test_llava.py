@@ -308,3 +308,16 @@ def test_hf_checkpoint_loads_in_bf16_and_trains_what_trains_in_fp32(tmp_path):
         answers = m.generate(imgs, QUESTIONS, max_new_tokens=4)
     assert torch.isfinite(loss) and len(answers) == 3
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.lora_parameters())
+
+
+def test_train_embeddings_trains_the_tied_embeddings_beside_lora_and_checkpoints_them():
+    plain, emb = tiny(), tiny(train_embeddings=True)
+    assert not plain.hf.get_input_embeddings().weight.requires_grad
+    w = emb.hf.get_input_embeddings().weight
+    assert w.requires_grad and emb.hf.lm_head.weight is w  # the head is tied to them: new words in and out
+    assert emb.lora_parameters() and all(p.requires_grad for p in emb.lora_parameters())
+    emb.loss(emb.batch(images(), QUESTIONS, ANSWERS)).backward()
+    used = emb.batch(images(), QUESTIONS, ANSWERS)["input_ids"].unique()
+    assert w.grad is not None and w.grad[used].abs().sum() > 0
+    names = set(emb.trainable_state_dict())
+    assert any("embed_tokens" in n for n in names) and not any("embed_tokens" in n for n in plain.trainable_state_dict())
