@@ -10,6 +10,7 @@ questions (`--no-f1` skips them). No continual stream: one step in isolation.
     python benchmarks/scenario_probe.py --step 3 --epochs 2,4,8 --lr 5e-3
     python benchmarks/scenario_probe.py --step 3 --lr 1e-3 vlm.lm_train=full
     python benchmarks/scenario_probe.py --step 3 benchmark.train_images=600 benchmark.test_images=150
+    python benchmarks/scenario_probe.py --step 3 --lr 2e-3 train.region_weight=1 vlm.train_embeddings=true
 
 Any further argument is a config override (`key=value`); `--config` names the config
 (default msvqa-mini-finetune: the bundled tiny model, 4-step stream).
@@ -45,8 +46,6 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=None, help="default: the config's train.lr")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
     ap.add_argument("--train-eval", type=int, default=0, help="also score the first N training questions (non-grounding)")
-    ap.add_argument("--region-weight", type=float, default=0.0,
-                    help="also train the step's region-naming loss (the base model's, on the step's boxes) times this")
     ap.add_argument("--no-f1", dest="f1", action="store_false", help="skip the grounding questions (faster)")
     args, overrides = ap.parse_known_args()
     cfg = load_config(args.config, overrides)
@@ -89,19 +88,13 @@ def main() -> int:
 
     print(f"epoch  0  loss    -   VQA {evaluate()}", flush=True)
     opt = torch.optim.Adam(params, lr=lr)
-    cells = vlm.region_targets(train.boxes) if args.region_weight else None
     g = torch.Generator().manual_seed(int(cfg["seed"]))
     done, t0 = 0, time.perf_counter()
     for target in sorted({int(e) for e in args.epochs.split(",")}):
         while done < target:
             order, total, batches = torch.randperm(len(train), generator=g), 0.0, 0
             for s in range(0, len(train), bs):
-                idx = order[s:s + bs]
-                if args.region_weight:
-                    answer, region = vlm.losses(train.take(idx), cells[idx])
-                    loss = answer + args.region_weight * region
-                else:
-                    loss = vlm.loss(train.take(idx))
+                loss = vlm.loss(train.take(order[s:s + bs]))  # with train.region_weight: the region term too
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

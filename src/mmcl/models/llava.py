@@ -409,10 +409,7 @@ class VLM(nn.Module):
         loss also has the region-naming term times `region_weight` (`losses`): grounded instruction
         tuning, the objective of every method of a run alike."""
         if self.region_weight and batch.get("boxes") is not None:
-            tokens = batch if "input_ids" in batch else self.batch(batch["images"], batch["questions"], batch["answers"])
-            h = self.hf.model(**{k: v for k, v in tokens.items() if k != "labels"})[0]
-            logits, target, rows = self.answer_logits(tokens, with_rows=True, hidden=h)
-            answer = per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
+            tokens, h, answer, logits = self._answer_pass(batch)
             return answer + self.region_weight * self.region_loss(h, tokens, batch["boxes"]), logits
         logits, target, rows = self.answer_logits(batch, with_rows=True)
         return per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows), logits
@@ -440,7 +437,7 @@ class VLM(nn.Module):
             memo.clear()
         out = torch.full((len(boxes), side * side), IGNORE, dtype=torch.long)
         for i, objs in enumerate(boxes):
-            key = (tuple((str(lab), tuple(map(float, b))) for lab, b in objs), float(min_cover), side)
+            key = (tuple((str(lab), tuple(map(float, b))) for lab, b in objs), float(min_cover))
             if key not in memo:
                 best = torch.zeros(side, side, dtype=torch.float64)
                 lab_ = torch.full((side, side), IGNORE, dtype=torch.long)
@@ -463,12 +460,15 @@ class VLM(nn.Module):
         asks the model to say which object each part of the image shows, in the words its answers
         use, the dense counterpart of a category question.
         """
-        if "input_ids" not in batch:
-            batch = self.batch(batch["images"], batch["questions"], batch["answers"])
-        h = self.hf.model(**{k: v for k, v in batch.items() if k != "labels"})[0]
-        logits, target, rows = self.answer_logits(batch, with_rows=True, hidden=h)
-        answer = per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows)
-        return answer, self._region_ce(h, batch, cells)
+        tokens, h, answer, _ = self._answer_pass(batch)
+        return answer, self._region_ce(h, tokens, cells)
+
+    def _answer_pass(self, batch: dict):
+        """(token batch, last hidden states, answer loss, answer-token logits) of one forward pass."""
+        tokens = batch if "input_ids" in batch else self.batch(batch["images"], batch["questions"], batch["answers"])
+        h = self.hf.model(**{k: v for k, v in tokens.items() if k != "labels"})[0]
+        logits, target, rows = self.answer_logits(tokens, with_rows=True, hidden=h)
+        return tokens, h, per_question_mean(F.cross_entropy(logits, target, reduction="none"), rows), logits
 
     def _region_ce(self, h: torch.Tensor, tokens: dict, cells: torch.Tensor) -> torch.Tensor:
         img = tokens["input_ids"] == self.image_token_id
