@@ -27,7 +27,8 @@ def _batch(n: int, size: int, seed: int):
 
 
 #: training regimes compared side by side: the bundled one, and the grounded one of sweeps/msvqa-mini-grounded.yaml
-REGIMES = {"lora": {}, "grounded": {"train_embeddings": True}}
+REGIMES = {"lora": {}, "grounded": {"train_embeddings": True},
+           "grounded-cut": {"train_embeddings": True, "vocab": "msvqa-mini"}}
 BOXES = [("car", (10.0, 20.0, 40.0, 50.0)), ("boat", (55.0, 60.0, 80.0, 90.0))]
 
 
@@ -40,7 +41,7 @@ def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int,
     params = {**load_config("msvqa-mini-finetune")["vlm"], "preset": preset, "image_size": size, **REGIMES[regime]}
     t0 = time.perf_counter()
     vlm = build_vlm(params)
-    if regime == "grounded":  # the region-naming term over each question's boxes (train.region_weight=1)
+    if regime.startswith("grounded"):  # the region-naming term over each question's boxes (train.region_weight=1)
         vlm.region_weight = 1.0
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=1e-4)
@@ -51,7 +52,7 @@ def measure(preset: str, batch: int, steps: int, max_new_tokens: int, size: int,
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         b = vlm.batch(imgs, qs, ans)
-        if regime == "grounded":
+        if regime.startswith("grounded"):
             b["boxes"] = [BOXES] * len(qs)
         vlm.loss(b).backward()
         opt.step()

@@ -321,3 +321,26 @@ def test_train_embeddings_trains_the_tied_embeddings_beside_lora_and_checkpoints
     assert w.grad is not None and w.grad[used].abs().sum() > 0
     names = set(emb.trainable_state_dict())
     assert any("embed_tokens" in n for n in names) and not any("embed_tokens" in n for n in plain.trainable_state_dict())
+
+
+def test_cut_vocabulary_tokenizes_the_benchmark_as_bert_does_and_falls_back_to_characters():
+    from mmcl.data.msvqa import mini as G
+    from mmcl.models.llava import tiny_tokenizer
+
+    full, cut = tiny_tokenizer("bert"), tiny_tokenizer("msvqa-mini")
+    assert len(cut) < len(full) // 50  # the head the language model pays for shrinks with it
+    # every question and answer the generator can write (each template, each kind, colour and number)
+    texts = G.vocabulary_texts() + QUESTIONS[:1] + ANSWERS
+    for t in texts:
+        assert cut.tokenize(t) == full.tokenize(t), t
+    # any other ASCII word still tokenizes, piece by piece, without [UNK]; the specials keep their roles
+    assert cut.tokenize("zebra") == ["z", "##e", "##b", "##r", "##a"] and cut.unk_token_id not in cut("zebra!")["input_ids"]
+    assert cut.convert_ids_to_tokens([cut.pad_token_id, cut.cls_token_id, cut.sep_token_id]) == ["[PAD]", "[CLS]", "[SEP]"]
+    assert cut.convert_tokens_to_ids("[unused0]") != cut.unk_token_id  # the image token
+    m = tiny(vocab="msvqa-mini")
+    assert m.hf.config.text_config.vocab_size == len(cut)
+    assert parse_boxes(m.decode(m.answer_ids(ANSWERS[2]))) == parse_boxes(ANSWERS[2]) != []
+    assert normalize_answer(m.decode(m.answer_ids("Two red cars."))) == "2 red cars"
+    m.loss(m.batch(images(), QUESTIONS, ANSWERS)).backward()
+    with pytest.raises(ValueError, match="vocab must be one of"):
+        VLMParams.from_dict({"vocab": "klingon"})

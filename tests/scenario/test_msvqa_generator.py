@@ -199,3 +199,16 @@ def test_ground_with_all_kinds_names_the_streams_objects(tmp_path):
     assert (tmp_path / "a/images/ground/train/0000.png").read_bytes() != (tmp_path / "b/images/ground/train/0000.png").read_bytes()
     pa = G._params(6, 1, 4, ALL_SCENARIOS, 0, "all")
     assert G.default_root(0, pa).name.endswith("-gall") and not G.default_root(0, G._params(6, 1, 4, ALL_SCENARIOS, 0, "own")).name.endswith("-gall")
+
+
+def test_the_cut_vocabulary_covers_every_question_and_answer_written(tiny):
+    # vocab: msvqa-mini is cut to G.vocabulary_texts(); a template added without it would fall back to characters
+    from mmcl.models.llava import tiny_tokenizer
+
+    root, _ = tiny
+    full, cut = tiny_tokenizer("bert"), tiny_tokenizer("msvqa-mini")
+    samples = read_llava_json(root / "train.json", image_root=root) + read_llava_json(root / "test.json", image_root=root)
+    texts = {t for s in samples for t in (s.question, s.answer)}
+    assert len(texts) > 20
+    for t in sorted(texts):
+        assert cut.tokenize(t) == full.tokenize(t), t

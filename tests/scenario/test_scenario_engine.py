@@ -161,6 +161,10 @@ def test_base_model_key_follows_the_pretraining_data_not_the_stream():
     more_base = scenario_cfg("finetune", benchmark={**cfg["benchmark"], "base_images": 6})
     other = base_key(more_base, build_stream(more_base))
     assert other["pretrain_sha256"] != key["pretrain_sha256"] and other["questions"] == 18
+    # the default vocabulary keeps the key of before vlm.vocab existed; a cut one is another base model
+    assert "vocab" not in key["vlm"]
+    cut = scenario_cfg("finetune", benchmark=cfg["benchmark"], vlm={**cfg["vlm"], "vocab": "msvqa-mini"})
+    assert base_key(cut, build_stream(cut))["vlm"]["vocab"] == "msvqa-mini"
 
 
 def test_region_naming_base_training_uses_the_boxes_and_keeps_old_keys(tmp_path, monkeypatch):

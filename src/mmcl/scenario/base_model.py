@@ -58,6 +58,8 @@ def pretrain_digest(data: SampleSet) -> str:
 def base_key(cfg: dict, stream: Stream) -> dict:
     p = {k: v for k, v in dataclasses.asdict(vlm_params(cfg)).items() if k not in STREAM_ONLY}
     p["lora_targets"] = None
+    if p.get("vocab") == "bert":  # the default: the key of before the option
+        del p["vocab"]
     base = {k: v for k, v in cfg["base"].items() if k != "region_weight" or v}  # off: the key of before the option
     key = {"version": VERSION, "vlm": p, "base": base, "pretrain_sha256": pretrain_digest(stream.pretrain),
            "base_scenario": stream.info.get("base_scenario"), "questions": len(stream.pretrain)}

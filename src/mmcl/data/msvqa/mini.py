@@ -12,7 +12,7 @@ from PIL import Image
 from mmcl.data.mm5.common import begin, files_digest
 from mmcl.data.msvqa.boxes import format_box, format_boxes, pixel_box_to_percent
 from mmcl.data.msvqa.llava_format import ObjectBox, Sample, read_llava_json, write_llava_json
-from mmcl.data.msvqa.scenes import KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer, scenario_spec
+from mmcl.data.msvqa.scenes import COLOURS, KINDS, SCENARIOS, SIZE, RenderedScene, SceneRenderer, scenario_spec
 from mmcl.results import atomic_write_text
 
 NAME = "msvqa-mini"
@@ -28,6 +28,20 @@ DEFAULTS = {"train_images": 200, "test_images": 50, "questions_per_image": 4, "b
 
 
 # ------------------------------------------------------------------------------------------ questions
+#: the question templates of `_questions`, with {noun} / {colour} / {box} for what they fill in
+TEMPLATES = ("How many {noun} are there?", "Is there a {noun} in the image?", "Is there an {noun} in the image?",
+             "What is the {colour} object?", "What object is at {box}?", "What color is the {noun}?",
+             "What color is the {noun} at {box}?", "Where is the {noun}?", "Where are the {noun}?")
+
+
+def vocabulary_texts() -> list[str]:
+    """Every word msvqa-mini can write, as texts: the templates, each kind's name and plural, each
+    colour, the answers yes / no / 0-100 and the box punctuation (the tiny preset's `vocab: msvqa-mini`
+    is cut to these; tests/scenario check that every generated question and answer is covered)."""
+    words = [w for k in KINDS.values() for w in (k.name, k.plural)] + list(COLOURS) + ["yes", "no"]
+    return list(TEMPLATES) + words + [str(i) for i in range(101)] + ["[0,0,100,100];[1,1,99,99]"]
+
+
 def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
