@@ -349,7 +349,8 @@ def load_config(source: str | Path | dict | None, overrides: list[str] | tuple[s
 
     Overrides are `key=value` strings (values parsed as YAML) or a mapping of dotted keys to values.
     Naming another method or benchmark (`method=er`, `benchmark.name=llava-json`) drops the file's
-    other keys of that section: they belong to the file's own method or benchmark."""
+    other keys of that section: they belong to the file's own method or benchmark; so does a `vlm.vocab`
+    cut to the file's benchmark (back to the default, unless the overrides set it)."""
     cfg = copy.deepcopy(BASE)
     if isinstance(source, dict):
         cfg = deep_merge(cfg, {k: v for k, v in source.items() if k != "versions"})  # a run's config.yaml too
@@ -365,6 +366,8 @@ def load_config(source: str | Path | dict | None, overrides: list[str] | tuple[s
         section = key if key in ("method", "benchmark") and isinstance(value, str) else \
             key[: -len(".name")] if key in ("method.name", "benchmark.name") else None
         if section and isinstance(cfg.get(section), dict) and cfg[section].get("name") != value:
+            if section == "benchmark" and isinstance(cfg.get("vlm"), dict) and cfg["vlm"].get("vocab") == cfg[section].get("name"):
+                del cfg["vlm"]["vocab"]  # a vocabulary cut to the file's benchmark belongs to it too
             cfg[section] = {"name": value}
     for key, value in parsed:
         if key in ("method", "benchmark") and isinstance(value, str):

@@ -101,6 +101,11 @@ def test_switching_the_benchmark_by_a_dotted_key_drops_the_files_keys(tmp_path):
     cfg = load_config("msvqa-mini-finetune", ["benchmark.name=llava-json", f"benchmark.train={train}",
                                               f"benchmark.test={test}", "benchmark.base_scenario=ground"])
     assert cfg["benchmark"]["name"] == "llava-json" and "base_images" not in cfg["benchmark"]
+    # the bundled file's vocabulary is cut to msvqa-mini's words: another benchmark gets the whole one back
+    assert load_config("msvqa-mini-finetune")["vlm"]["vocab"] == "msvqa-mini" and cfg["vlm"]["vocab"] == "bert"
+    mine = load_config("msvqa-mini-finetune", ["benchmark.name=llava-json", f"benchmark.train={train}",
+                                               f"benchmark.test={test}", "vlm.vocab=msvqa-mini"])
+    assert mine["vlm"]["vocab"] == "msvqa-mini"  # unless the overrides say so
 
 
 def test_mmcl_data_summarises_scenario_data(tmp_path, capsys):

@@ -184,7 +184,7 @@ class ScenarioSetting(Setting):
                 raise ConfigError(f"config key '{key}' must be >= 0, got {rw!r}")
             if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
                 raise ConfigError(f"config key '{key}': region naming needs a preset whose image tokens are a "
-                                  "fixed grid (tiny, smollm2), not an hf:<dir> checkpoint")
+                                  f"fixed grid (tiny, smollm2), not an hf:<dir> checkpoint; set {key}=0")
 
     @classmethod
     def check_method(cls, cfg: dict, methods: dict) -> None:
