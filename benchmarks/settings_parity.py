@@ -8,6 +8,9 @@ cell and exits 1 on any difference.
     PYTHONPATH=/path/to/old/src python benchmarks/settings_parity.py --record runs/parity-before
     python benchmarks/settings_parity.py --record runs/parity-after
     python benchmarks/settings_parity.py --compare runs/parity-before runs/parity-after
+
+`--pin-lora` runs the msvqa-mini configs in the LoRA regime the bundled configs had before
+2026-12-03 (the overrides of sweeps/msvqa-mini-lora.yaml), to compare with runs recorded then.
 """
 from __future__ import annotations
 
@@ -21,16 +24,20 @@ from pathlib import Path
 CONFIGS = ["animals-er", "mm5-er", "mm5-comm", "mm5-l2p",
            "msvqa-mini-finetune", "msvqa-mini-quad", "msvqa-mini-unifier"]
 OVERRIDES = ["seed=0", "threads=1", "report=false", "logging.progress=false"]
+#: the msvqa-mini configs' regime before the grounded defaults (sweeps/msvqa-mini-lora.yaml)
+LORA_REGIME = ["benchmark.train_images=200", "vlm.vocab=bert", "vlm.train_embeddings=false",
+               "train.region_weight=0.0", "train.lr=5.0e-3"]
 
 
-def record(out: Path, configs: list[str]) -> None:
+def record(out: Path, configs: list[str], pin_lora: bool = False) -> None:
     for name in configs:
         d = out / name
         if (d / "metrics.json").exists():
             print(f"{name}: already recorded")
             continue
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "mmcl", "run", name, *OVERRIDES, "--out", str(d), "--force"]
+        pinned = LORA_REGIME if pin_lora and name.startswith("msvqa-mini") else []
+        cmd = [sys.executable, "-m", "mmcl", "run", name, *OVERRIDES, *pinned, "--out", str(d), "--force"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -60,9 +67,10 @@ def main() -> int:
     ap.add_argument("--record", type=Path)
     ap.add_argument("--compare", nargs=2, type=Path)
     ap.add_argument("--configs", nargs="*", default=CONFIGS)
+    ap.add_argument("--pin-lora", action="store_true", help="msvqa-mini configs in the LoRA regime of before 2026-12-03")
     args = ap.parse_args()
     if args.record:
-        record(args.record, args.configs)
+        record(args.record, args.configs, args.pin_lora)
     if args.compare:
         return compare(*args.compare, args.configs)
     return 0
