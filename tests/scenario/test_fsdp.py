@@ -42,15 +42,22 @@ def test_fsdp_config_is_checked():
     assert "lwf" in str(e.value) and "olora" not in str(e.value).split("one of:")[1] and "\n" not in str(e.value)
 
 
-def test_fsdp_state_dicts_resume_exactly_in_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("grounded", [False, True])
+def test_fsdp_state_dicts_resume_exactly_in_one_process(tmp_path, monkeypatch, grounded):
     """One process, `vlm.fsdp` on: the model is not sharded, but model and optimiser states go through
     torch.distributed.checkpoint's full state dicts (the optimiser's keyed by parameter name), and the teacher
-    loads through them too; an interrupted run resumes to the uninterrupted run's metrics."""
-    cfg = cfg_for({"name": "lwf"}, vlm={**TINY_VLM, "fsdp": True})
+    loads through them too; an interrupted run resumes to the uninterrupted run's metrics. `grounded`: the
+    bundled msvqa-mini regime (cut vocabulary, tied embeddings trained beside LoRA, the region term)."""
+    extra = {"vocab": "msvqa-mini", "train_embeddings": True} if grounded else {}
+    cfg = cfg_for({"name": "lwf"}, vlm={**TINY_VLM, "fsdp": True, **extra})
+    if grounded:
+        cfg["train"]["region_weight"] = 1.0
     state = interrupt_and_resume(tmp_path, monkeypatch, LwF, cfg, 3)
     assert state["position"] == {"exp": 1, "epoch": 0, "step": 1}
     names = set(state["method"]["model"])
-    assert names and all("lora_" in n or "vision_tower" in n or "projector" in n for n in names)
+    assert names and all("lora_" in n or "vision_tower" in n or "projector" in n or (grounded and "embed_tokens" in n)
+                         for n in names)
+    assert any("embed_tokens" in n for n in names) == grounded
     assert set(state["optimizer"]["state"]) <= names and state["optimizer"]["state"]
     assert set(state["method"]["extra"]["teacher"]) == names  # the snapshot: full tensors, nothing more
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
