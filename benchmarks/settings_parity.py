@@ -24,9 +24,13 @@ from pathlib import Path
 CONFIGS = ["animals-er", "mm5-er", "mm5-comm", "mm5-l2p",
            "msvqa-mini-finetune", "msvqa-mini-quad", "msvqa-mini-unifier"]
 OVERRIDES = ["seed=0", "threads=1", "report=false", "logging.progress=false"]
-#: the msvqa-mini configs' regime before the grounded defaults (sweeps/msvqa-mini-lora.yaml)
-LORA_REGIME = ["benchmark.train_images=200", "vlm.vocab=bert", "vlm.train_embeddings=false",
-               "train.region_weight=0.0", "train.lr=5.0e-3"]
+
+
+def lora_regime() -> list[str]:
+    """The msvqa-mini configs' regime before the grounded defaults: the overrides sweeps/msvqa-mini-lora.yaml pins."""
+    from mmcl.sweep import read_spec
+
+    return [o for o in read_spec("msvqa-mini-lora").overrides if not o.startswith("threads=")]
 
 
 def record(out: Path, configs: list[str], pin_lora: bool = False) -> None:
@@ -36,7 +40,7 @@ def record(out: Path, configs: list[str], pin_lora: bool = False) -> None:
             print(f"{name}: already recorded")
             continue
         t0 = time.perf_counter()
-        pinned = LORA_REGIME if pin_lora and name.startswith("msvqa-mini") else []
+        pinned = lora_regime() if pin_lora and name.startswith("msvqa-mini") else []
         cmd = [sys.executable, "-m", "mmcl", "run", name, *OVERRIDES, *pinned, "--out", str(d), "--force"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)

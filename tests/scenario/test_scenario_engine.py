@@ -233,6 +233,9 @@ def test_train_region_weight_adds_the_region_term_to_every_methods_loss_and_is_h
     assert seen and all(not ({"answers", "boxes"} & keys) for keys in seen)
     with pytest.raises(ConfigError, match="train.region_weight' must be >= 0"):
         scenario_cfg(train={"region_weight": -1.0})
+    # an hf:<dir> checkpoint has no fixed grid of image tokens: refused, with the fix named
+    with pytest.raises(ConfigError, match=r"not an hf:<dir> checkpoint; set train.region_weight=0"):
+        scenario_cfg(train={"region_weight": 1.0}, vlm={**TINY_VLM, "preset": "hf:/nowhere"})
 
 
 def test_quad_and_er_train_the_region_term_on_their_own_rows():

@@ -177,12 +177,9 @@ class ScenarioSetting(Setting):
     def check(cls, cfg: dict) -> None:
         from mmcl.errors import ConfigError
 
-        for key in ("base.region_weight", "train.region_weight"):
+        for key in ("base.region_weight", "train.region_weight"):  # >= 0: `ranges`, checked before this
             section, name = key.split(".")
-            rw = cfg[section][name]
-            if rw < 0:
-                raise ConfigError(f"config key '{key}' must be >= 0, got {rw!r}")
-            if rw and str(cfg["vlm"]["preset"]).startswith("hf:"):
+            if cfg[section][name] and str(cfg["vlm"]["preset"]).startswith("hf:"):
                 raise ConfigError(f"config key '{key}': region naming needs a preset whose image tokens are a "
                                   f"fixed grid (tiny, smollm2), not an hf:<dir> checkpoint; set {key}=0")
 
