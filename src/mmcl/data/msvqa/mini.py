@@ -28,10 +28,12 @@ DEFAULTS = {"train_images": 200, "test_images": 50, "questions_per_image": 4, "b
 
 
 # ------------------------------------------------------------------------------------------ questions
-#: the question templates of `_questions`, with {noun} / {colour} / {box} for what they fill in
-TEMPLATES = ("How many {noun} are there?", "Is there a {noun} in the image?", "Is there an {noun} in the image?",
-             "What is the {colour} object?", "What object is at {box}?", "What color is the {noun}?",
-             "What color is the {noun} at {box}?", "Where is the {noun}?", "Where are the {noun}?")
+#: the question templates, with {noun} / {colour} / {box} for what `_questions` fills in
+TEMPLATES = {"count": "How many {noun} are there?", "exist a": "Is there a {noun} in the image?",
+             "exist an": "Is there an {noun} in the image?", "category by colour": "What is the {colour} object?",
+             "category at": "What object is at {box}?", "color": "What color is the {noun}?",
+             "color at": "What color is the {noun} at {box}?", "grounding one": "Where is the {noun}?",
+             "grounding many": "Where are the {noun}?"}
 
 
 def vocabulary_texts() -> list[str]:
@@ -39,11 +41,7 @@ def vocabulary_texts() -> list[str]:
     colour, the answers yes / no / 0-100 and the box punctuation (the tiny preset's `vocab: msvqa-mini`
     is cut to these; tests/scenario check that every generated question and answer is covered)."""
     words = [w for k in KINDS.values() for w in (k.name, k.plural)] + list(COLOURS) + ["yes", "no"]
-    return list(TEMPLATES) + words + [str(i) for i in range(101)] + ["[0,0,100,100];[1,1,99,99]"]
-
-
-def _a(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
+    return list(TEMPLATES.values()) + words + [str(i) for i in range(101)] + ["[0,0,100,100];[1,1,99,99]"]
 
 
 def _questions(scene: RenderedScene, cats: tuple[str, ...], rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
@@ -65,26 +63,26 @@ def _questions(scene: RenderedScene, cats: tuple[str, ...], rng: np.random.Gener
         if t == "count":
             c = present[int(rng.integers(len(present)))] if present and (not absent or rng.random() < 0.8) \
                 else absent[int(rng.integers(len(absent)))]
-            qa = (f"How many {KINDS[c].plural} are there?", str(counts[c]))
+            qa = (TEMPLATES["count"].format(noun=KINDS[c].plural), str(counts[c]))
         elif t == "exist":
             c = present[int(rng.integers(len(present)))] if present and (not absent or rng.random() < 0.5) \
                 else absent[int(rng.integers(len(absent)))]
-            qa = (f"Is there {_a(c)} in the image?", "yes" if counts[c] else "no")
+            qa = (TEMPLATES["exist an" if c[0] in "aeiou" else "exist a"].format(noun=c), "yes" if counts[c] else "no")
         elif t == "category":
             o = objs[int(rng.integers(len(objs)))]
             if colours.count(o.colour) == 1 and rng.random() < 0.5:
-                qa = (f"What is the {o.colour} object?", o.category)
+                qa = (TEMPLATES["category by colour"].format(colour=o.colour), o.category)
             else:
-                qa = (f"What object is at {format_box(pct[id(o)])}?", o.category)
+                qa = (TEMPLATES["category at"].format(box=format_box(pct[id(o)])), o.category)
         elif t == "color":
             o = objs[int(rng.integers(len(objs)))]
             if counts[o.category] == 1:
-                qa = (f"What color is the {o.category}?", o.colour)
+                qa = (TEMPLATES["color"].format(noun=o.category), o.colour)
             else:
-                qa = (f"What color is the {o.category} at {format_box(pct[id(o)])}?", o.colour)
+                qa = (TEMPLATES["color at"].format(noun=o.category, box=format_box(pct[id(o)])), o.colour)
         else:  # grounding
             c = present[int(rng.integers(len(present)))]
-            q = f"Where is the {c}?" if counts[c] == 1 else f"Where are the {KINDS[c].plural}?"
+            q = TEMPLATES["grounding one"].format(noun=c) if counts[c] == 1 else TEMPLATES["grounding many"].format(noun=KINDS[c].plural)
             qa = (q, format_boxes([pct[id(o)] for o in objs if o.category == c]))
         if qa[0] not in seen:
             seen.add(qa[0])
