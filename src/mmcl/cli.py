@@ -100,7 +100,8 @@ def _sweep(args) -> int:
 
     spec = read_spec(args.spec)
     try:
-        res = Sweep(spec, args.out, jobs=args.jobs, backend=args.backend, address=args.address).run()
+        res = Sweep(spec, args.out, jobs=args.jobs, backend=args.backend, address=args.address,
+                    finished_only=args.finished_only).run()
     except SweepFailed as e:
         print(f"mmcl: error: {e}", file=sys.stderr)
         return 1
@@ -108,11 +109,14 @@ def _sweep(args) -> int:
 
     print()
     print(markdown(res))
-    print(f"results: {Path(args.out) / 'results.md'}, page: {(Path(args.out) / 'results.html').resolve()}")
+    if not args.finished_only:
+        print(f"results: {Path(args.out) / 'results.md'}, page: {(Path(args.out) / 'results.html').resolve()}")
     if args.doc:
         from mmcl.sweep import write_doc
 
         how = f"--jobs {args.jobs}" if args.backend == "local" else f"--backend {args.backend}"
+        if args.finished_only:
+            how = "--finished-only"
         cmd = f"mmcl sweep {args.spec} --out {args.out} {how} --doc {args.doc}"
         write_doc(args.doc, markdown(res), cmd, name=Path(args.spec).stem)
         print(f"tables written into {args.doc}")
@@ -282,6 +286,8 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="with --backend ray: join this Ray cluster (e.g. 10.0.0.1:6379) instead of "
                                       "starting a local instance")
     sw.add_argument("--doc", help="markdown file whose generated-tables section is replaced by the tables")
+    sw.add_argument("--finished-only", action="store_true",
+                    help="make no run: the tables of the runs finished so far (a sweep under way or stopped)")
     sw.set_defaults(fn=_sweep)
     c = sub.add_parser("compare", help="one table: runs x summary metrics, both protocols")
     c.add_argument("run_dirs", nargs="+")

@@ -34,6 +34,12 @@ A run that fails (or is killed) is reported with the tail of its log once the ot
 finished; it does not stop them, and the next invocation runs it again. (A failed tuning run stops
 the sweep before the final runs, which need every choice.)
 
+`--finished-only` (`Sweep(finished_only=True)`) makes no run: it reports the runs finished so far
+(those whose saved config equals the spec's), for a long sweep still under way or stopped. A row
+averages the seeds it has and names them; a run with none is a row saying so, as is every run of a
+method whose tuning has not finished (its final configs are not known yet). Nothing in `--out` is
+written; the tables (printed, and with `--doc` put into the doc) say how many runs they hold.
+
 Backends: `local` (the default) runs `--jobs` runs at a time on this machine, each in its own
 `python -m mmcl run` process; `ray` (`pip install mmcl[ray]`) submits every run as a Ray task
 of the same command, asking for the run's resources (`threads` CPUs, at least one; a GPU when
@@ -219,16 +225,18 @@ def _execute(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> in
 
 class Sweep:
     def __init__(self, spec: Spec, out: str | Path, jobs: int = 1, quiet: bool = False, in_process: bool = False,
-                 backend: str = "local", address: str | None = None):
+                 backend: str = "local", address: str | None = None, finished_only: bool = False):
         """`jobs` runs at a time, each in its own `python -m mmcl run` process (or, with
         `in_process`, one after another in this process: for tests and debugging); `backend="ray"`
-        submits every run to Ray instead (`address`: an existing cluster; none: a local instance)."""
+        submits every run to Ray instead (`address`: an existing cluster; none: a local instance).
+        `finished_only`: make no run; report the finished ones (module docstring)."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown sweep backend '{backend}' (expected {', '.join(BACKENDS)})")
         if address is not None and backend != "ray":
             raise ConfigError("--address names a Ray cluster: it needs --backend ray")
         self.spec, self.out, self.jobs, self.quiet, self.in_process = spec, Path(out), max(1, jobs), quiet, in_process
         self.backend, self.address = backend, address
+        self.finished_only = finished_only
         self._ray: RayBackend | None = None
 
     def log(self, msg: str) -> None:
@@ -264,10 +272,12 @@ class Sweep:
         self.log(f"  {run_dir.relative_to(self.out)}  {time.time() - t:.0f}s")
         return None
 
-    def _map(self, jobs: list) -> list[dict]:
+    def _map(self, jobs: list) -> list[dict | None]:
         """Metrics of every job: finished runs are reused, the others run; failures are raised together
-        (`SweepFailed`) after every other run has finished."""
+        (`SweepFailed`) after every other run has finished. With `finished_only`, None for a job not finished."""
         todo = [j for j in jobs if not self._done(*j)]
+        if self.finished_only:
+            return [None if j in todo else RunDir(j[0], writer=False).read_metrics() for j in jobs]
         if not todo:
             failures = []
         elif self.backend == "ray" and not self.in_process:
@@ -290,7 +300,8 @@ class Sweep:
 
     def tune(self) -> dict[str, dict]:
         """{run name: {"hparams": {key: chosen value}, "scores": {key: {value: validation score}}}}, tuned
-        coordinate-wise: round i tries every run's i-th hyper-parameter with the earlier ones fixed."""
+        coordinate-wise: round i tries every run's i-th hyper-parameter with the earlier ones fixed.
+        With `finished_only`, a run whose tuning runs have not all finished is {"unfinished": True}."""
         if not self.spec.tune:
             return {}
         seed = self.spec.seeds[0]
@@ -302,12 +313,13 @@ class Sweep:
         configured = {name: load_config(r.config, self.spec.overrides + r.overrides)["method"]
                       for name, (r, _) in spaces.items()}
         total = sum(len(vs) for _, items in spaces.values() for _, vs in items)
-        if total:
+        if total and not self.finished_only:
             self.log(f"tuning on validation data: {total} runs")
+        unfinished: set[str] = set()
         for rnd in range(max((len(items) for _, items in spaces.values()), default=0)):
             jobs, where = [], []
             for name, (r, items) in spaces.items():
-                if rnd >= len(items):
+                if rnd >= len(items) or name in unfinished:
                     continue
                 key, values = items[rnd]
                 fixed = [f"method.{k}={_fmt_value(v)}" for k, v in chosen[name]["hparams"].items()]
@@ -317,22 +329,29 @@ class Sweep:
                     where.append((name, key, v))
             best: dict[str, tuple] = {}
             for (name, key, v), m in zip(where, self._map(jobs)):
+                if m is None or name in unfinished:  # finished_only: a tuning run not made yet
+                    unfinished.add(name)
+                    continue
                 c, score = chosen[name], self.score(m)
                 c["scores"].setdefault(key, {})[_fmt_value(v)] = round(score, 4)
                 # a tie (a hyper-parameter that does not act on this stream) keeps the configured value
                 rank = (score, _fmt_value(v) == _fmt_value(configured[name].get(key)))
                 if key not in c["hparams"] or rank > best[name]:
                     c["hparams"][key], best[name] = v, rank
+        for name in unfinished:
+            chosen[name] = {"unfinished": True}
         for r in self.spec.runs:
             if r.tune_as is not None and r.tune_as in chosen:
                 chosen[r.name] = dict(chosen[r.tune_as], inherited_from=r.tune_as)
-        atomic_write_text(self.out / "tuning.json", json.dumps(chosen, indent=1, default=str))
+        if not self.finished_only:
+            atomic_write_text(self.out / "tuning.json", json.dumps(chosen, indent=1, default=str))
         return chosen
 
     # -- final runs ------------------------------------------------------------------------
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._ray = RayBackend(self) if self.backend == "ray" and not self.in_process else None
+        if not self.finished_only:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self._ray = RayBackend(self) if self.backend == "ray" and not (self.in_process or self.finished_only) else None
         try:
             return self._run_all()
         finally:
@@ -340,34 +359,53 @@ class Sweep:
                 self._ray.close()
 
     def _run_all(self) -> dict:
+        if self.finished_only and not self.out.is_dir():
+            raise ConfigError(f"{self.out}: no such sweep directory (--finished-only reports runs already made)")
         chosen = self.tune()
-        jobs, where = [], []
+        jobs, where, missing = [], [], {}
         for r in self.spec.runs:
+            seeds = list(r.seeds or self.spec.seeds)
+            if chosen.get(r.name, {}).get("unfinished"):  # finished_only: its final configs are not known yet
+                missing[r.name] = "tuning not finished"
+                continue
             extra = []
             if r.name in chosen:
                 extra = [f"method.{k}={_fmt_value(v)}" for k, v in chosen[r.name]["hparams"].items()]
-            for s in (r.seeds or self.spec.seeds):
+            for s in seeds:
                 jobs.append((self.out / "runs" / _slug(r.name) / f"seed{s}", r.config,
                              self.spec.overrides + r.overrides + extra + [f"seed={s}"]))
-                where.append(r.name)
-        self.log(f"final runs: {len(jobs)} ({len(self.spec.runs)} runs, seeds {self.spec.seeds} unless a run names its own)")
+                where.append((r.name, s))
+        planned = sum(len(r.seeds or self.spec.seeds) for r in self.spec.runs)
+        if not self.finished_only:
+            self.log(f"final runs: {len(jobs)} ({len(self.spec.runs)} runs, seeds {self.spec.seeds} unless a run names its own)")
         results = self._map(jobs)
         per_run: dict[str, list[dict]] = {}
-        for name, m in zip(where, results):
-            per_run.setdefault(name, []).append(m)
+        finished: dict[str, list[int]] = {}
+        for (name, s), m in zip(where, results):
+            if m is not None:
+                per_run.setdefault(name, []).append(m)
+                finished.setdefault(name, []).append(s)
         summary = {name: aggregate(ms) for name, ms in per_run.items()}
-        for name, s in summary.items():
-            s["hparam"] = dict(chosen[name]["hparams"]) if name in chosen else {}
         for r in self.spec.runs:
-            summary[r.name]["seeds"] = list(r.seeds or self.spec.seeds)
+            if r.name not in summary:
+                summary[r.name] = {"n": 0, "missing": missing.get(r.name, "no seed finished")}
+            s = summary[r.name]
+            s["hparam"] = dict(chosen[r.name].get("hparams", {})) if r.name in chosen else {}
+            s["seeds"] = finished.get(r.name, []) if self.finished_only else list(r.seeds or self.spec.seeds)
         out = {"seeds": self.spec.seeds, "runs": summary, "tuning": chosen, "tables": self.spec.tables,
                "metrics": list(self.spec.metrics)}
+        if self.finished_only:
+            done = sum(len(v) for v in finished.values())
+            out["partial"] = {"finished": done, "planned": planned}
+            self.log(f"finished so far: {done} of {planned} final runs (nothing run, nothing written into {self.out})")
+            return out
         atomic_write_text(self.out / "results.json", json.dumps(out, indent=1, default=str))
         md = markdown(out)
         atomic_write_text(self.out / "results.md", md)
         from mmcl.report import compare_page
 
-        compare_page(list(zip(where, results)), self.out / "results.html", title=f"mmcl sweep: {self.out.name}",
+        named = [(name, m) for (name, _), m in zip(where, results)]
+        compare_page(named, self.out / "results.html", title=f"mmcl sweep: {self.out.name}",
                      note=f"{len(results)} runs; hyper-parameters and the Markdown tables: results.md")
         return out
 
@@ -573,8 +611,13 @@ def markdown(res: dict) -> str:
     lines = []
     scenario = False
     metrics = tuple(res.get("metrics", METRICS))  # the columns of every table
+    if res.get("partial"):
+        p = res["partial"]
+        lines += [f"**Partial**: {p['finished']} of {p['planned']} final runs finished (`--finished-only`); "
+                  "a row averages the seeds it names.", ""]
     for title, members in res["tables"].items():
-        protocols = res["runs"][members[0]].get("protocols", list(PROTOCOLS))
+        made = [m for m in members if res["runs"][m].get("n", 1)] or members
+        protocols = res["runs"][made[0]].get("protocols", list(PROTOCOLS))
         scenario = scenario or "vqa" in protocols
         lines += [f"### {title}", "",
                   "| run | hparam | " + " | ".join(f"{k} ({LABELS.get(p, p)})" for p in protocols for k in metrics)
@@ -582,6 +625,10 @@ def markdown(res: dict) -> str:
                   "|---|---|" + "---|" * (len(protocols) * len(metrics)) + "---|"]
         for name in members:
             s = res["runs"][name]
+            if s.get("missing"):
+                lines.append(f"| {name} ({s['missing']}) | – | " + " | ".join([" "] * (len(protocols) * len(metrics)))
+                             + " |   |")
+                continue
             hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in s["hparam"].items()) or "–"
             cells = [_pm(s[p][k]) for p in protocols for k in metrics]
             seeds = s.get("seeds", res["seeds"])
@@ -608,6 +655,9 @@ def markdown(res: dict) -> str:
         lines += ["", f"Hyper-parameters chosen on validation data (score = mean last_acc of {what}):", ""]
         for name, c in res["tuning"].items():
             if "inherited_from" in c:
+                continue
+            if c.get("unfinished"):
+                lines.append(f"- {name}: tuning not finished")
                 continue
             steps = []
             for key, scores in c["scores"].items():
