@@ -11,6 +11,7 @@ questions (`--no-f1` skips them). No continual stream: one step in isolation.
     python benchmarks/scenario_probe.py --step 3 --lr 1e-3 vlm.lm_train=full
     python benchmarks/scenario_probe.py --step 3 benchmark.train_images=600 benchmark.test_images=150
     python benchmarks/scenario_probe.py --step 3 --lr 2e-3 train.region_weight=1 vlm.train_embeddings=true
+    python benchmarks/scenario_probe.py --step 3 --grounding-only --train-f1 200 --epochs 4,8,16
 
 Any further argument is a config override (`key=value`); `--config` names the config
 (default msvqa-mini-finetune: the bundled tiny model, 4-step stream).
@@ -47,6 +48,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
     ap.add_argument("--train-eval", type=int, default=0, help="also score the first N training questions (non-grounding)")
     ap.add_argument("--no-f1", dest="f1", action="store_false", help="skip the grounding questions (faster)")
+    ap.add_argument("--train-f1", type=int, default=0, help="also score grounding F1 on the first N training grounding "
+                    "questions (does the model fit the boxes it is trained on?)")
+    ap.add_argument("--grounding-only", action="store_true", help="train on the step's grounding questions only")
     args, overrides = ap.parse_known_args()
     cfg = load_config(args.config, overrides)
     torch.set_num_threads(int(cfg["threads"]) or torch.get_num_threads())
@@ -55,6 +59,9 @@ def main() -> int:
     vlm = make_setting(cfg).build_model(stream)
     exp = stream[args.step]
     train, test = exp.train, exp.test
+    seen_boxes = train.subset(torch.nonzero(train.grounding).flatten()[:args.train_f1])
+    if args.grounding_only:
+        train = train.subset(torch.nonzero(train.grounding).flatten())
     grounding = test.subset(torch.nonzero(test.grounding).flatten())
     test = test.subset(torch.nonzero(~test.grounding).flatten())
     lr, bs = args.lr or cfg["train"]["lr"], args.batch_size or cfg["train"]["batch_size"]
@@ -80,11 +87,15 @@ def main() -> int:
         if len(seen):
             text += f"  | training questions: {vqa(seen).split('  ')[0]}"
         if args.f1 and len(grounding):
-            boxes = vlm.generate(grounding.images[grounding.image_index], grounding.questions,
-                                 max_new_tokens=cfg["eval"]["max_new_tokens"], batch_size=cfg["eval"]["batch_size"])
-            f1 = ScenarioScorer().update(boxes, grounding.answers, [True] * len(boxes)).result()["grounding_f1"]
-            text += f"  | F1 {f1:.3f}"
+            text += f"  | F1 {f1(grounding):.3f}"
+        if len(seen_boxes):
+            text += f"  | training F1 {f1(seen_boxes):.3f}"
         return text
+
+    def f1(data) -> float:
+        boxes = vlm.generate(data.images[data.image_index], data.questions,
+                             max_new_tokens=cfg["eval"]["max_new_tokens"], batch_size=cfg["eval"]["batch_size"])
+        return ScenarioScorer().update(boxes, data.answers, [True] * len(boxes)).result()["grounding_f1"]
 
     print(f"epoch  0  loss    -   VQA {evaluate()}", flush=True)
     opt = torch.optim.Adam(params, lr=lr)
