@@ -33,6 +33,18 @@ def test_plasticity_needs_every_baseline_cell():
     assert M.summary([[0.9, None], [0.4, 0.8]], [0.5, 0.2])["plasticity"] == pytest.approx((0.4 + 0.6) / 2)
 
 
+def test_gain_by_group_is_plasticity_per_scenario():
+    g = M.gain_by_group(A, b, ["indoor", "underwater", "indoor"])
+    assert list(g) == ["indoor", "underwater"]  # in the order the groups first appear
+    assert g["indoor"] == pytest.approx(((0.9 - b[0]) + (0.95 - b[2])) / 2)
+    assert g["underwater"] == pytest.approx(0.8 - b[1])
+    # one group of every experience is the plasticity
+    assert M.gain_by_group(A, b, ["all"] * 3)["all"] == pytest.approx(M.summary(A, b)["plasticity"])
+    assert M.gain_by_group(A, [0.1, None, 0.2], ["a", "b", "c"]) is None
+    with pytest.raises(ValueError, match="one group per experience"):
+        M.gain_by_group(A, b, ["a", "b"])
+
+
 def test_one_experience_stream():
     s = M.summary([[0.7]], [0.3])
     assert s["last_acc"] == pytest.approx(0.7) and s["avg_inc_acc"] == pytest.approx(0.7)

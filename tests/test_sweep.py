@@ -181,6 +181,15 @@ def test_scenario_tables_show_vqa_f1_and_per_scenario_scores():
     old = {**metrics(0.4, 0.1), "matrices": {"vqa": [[0.5, None], [0.3, 0.6]], "grounding_f1": [[0.1, None], [0.1, 0.1]]},
            "baseline": {"vqa": [0.2, 0.2], "grounding_f1": [0.0, 0.0]}}
     assert aggregate([old])["vqa"]["plasticity"]["mean"] == pytest.approx(((0.5 - 0.2) + (0.6 - 0.2)) / 2)
+    # the per-step learning by scenario: the diagonal minus the baseline of each scenario's steps, over the seeds
+    exps = {"experiences": [{"name": "indoor", "scenario": "indoor"}, {"name": "underwater", "scenario": "underwater"}]}
+    runs = [{**old, **exps}, {**old, **exps, "baseline": {"vqa": [0.4, 0.0], "grounding_f1": [0.0, 0.0]}}]
+    gain = aggregate(runs)["gain_by_scenario"]
+    assert gain["vqa"]["indoor"]["mean"] == pytest.approx(((0.5 - 0.2) + (0.5 - 0.4)) / 2)
+    assert gain["vqa"]["underwater"]["mean"] == pytest.approx(((0.6 - 0.2) + 0.6) / 2)
+    md = markdown({**res, "runs": {"ft": {**aggregate(runs), "hparam": {}}}})
+    assert "Learning per step, per scenario (main)" in md and "| ft | 0.200 ± 0.141 | 0.500 ± 0.141 |" in md
+    assert "gain_by_scenario" not in aggregate([old])  # without the experiences' scenarios: no such table
 
 
 def test_spec_metrics_are_summary_metrics_and_the_grounded_spec_is_valid(tmp_path):

@@ -71,6 +71,20 @@ def plasticity(A: Matrix, b: Sequence[Optional[float]] | None) -> float | None:
     return float(mean(A[j][j] - b[j] for j in range(T)))
 
 
+def gain_by_group(A: Matrix, b: Sequence[Optional[float]] | None, groups: Sequence[str]) -> dict[str, float] | None:
+    """Plasticity per group of experiences (e.g. per scenario): for each group, the mean over its experiences j
+    of A[j][j] - b[j], in the order the groups first appear. None without a complete baseline."""
+    T = _check(A)
+    if len(groups) != T:
+        raise ValueError(f"need one group per experience ({T}), got {len(groups)}")
+    if b is None or len(b) != T or any(x is None for x in b):
+        return None
+    by: dict[str, list[float]] = {}
+    for j, g in enumerate(groups):
+        by.setdefault(g, []).append(A[j][j] - b[j])
+    return {g: float(mean(v)) for g, v in by.items()}
+
+
 def summary(A: Matrix, b: Sequence[Optional[float]] | None = None) -> dict[str, float | None]:
     la = last_acc(A)
     return {

@@ -603,7 +603,29 @@ def aggregate(ms: list[dict]) -> dict:
     if all("last_by_scenario" in m for m in ms):
         agg["by_scenario"] = {p: {sc: ms_([m["last_by_scenario"][p][sc] for m in ms])
                                   for sc in ms[0]["last_by_scenario"][p]} for p in ms[0]["last_by_scenario"]}
+    gains = [_gain_by_scenario(m) for m in ms]
+    if gains and all(gains):
+        agg["gain_by_scenario"] = {p: {sc: ms_([g[p][sc] for g in gains]) for sc in gains[0][p]} for p in gains[0]}
     return agg
+
+
+def _gain_by_scenario(m: dict) -> dict | None:
+    """Per protocol and scenario, how much training on a step raised that step's score above the base model's
+    (the diagonal minus the baseline row, averaged over the scenario's steps); None when the run's metrics
+    lack the matrices, the baseline or the experiences' scenarios."""
+    from mmcl.metrics import gain_by_group
+
+    exps = m.get("experiences") or []
+    if not exps or any("scenario" not in e for e in exps) or not m.get("matrices"):
+        return None
+    out = {}
+    for p in m["summary"]:
+        g = gain_by_group(m["matrices"][p], (m.get("baseline") or {}).get(p), [e["scenario"] for e in exps]) \
+            if p in m["matrices"] else None
+        if g is None:
+            return None
+        out[p] = g
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -646,6 +668,18 @@ def markdown(res: dict) -> str:
                 b = res["runs"][name]["by_scenario"]
                 lines.append(f"| {name} | " + " | ".join(_pm(b[p][sc])
                                                        for p, sc in cols) + " |")
+            lines.append("")
+        with_gain = [m for m in members if "gain_by_scenario" in res["runs"][m]]
+        if with_gain:
+            by = res["runs"][with_gain[0]]["gain_by_scenario"]
+            cols = [(p, sc) for p in by for sc in by[p]]
+            lines += [f"Learning per step, per scenario ({title}): a step's score right after training on it minus "
+                      "the base model's, averaged over the scenario's steps (their mean is the plasticity column):", "",
+                      "| run | " + " | ".join(f"{sc} ({LABELS.get(p, p)})" for p, sc in cols) + " |",
+                      "|---|" + "---|" * len(cols)]
+            for name in with_gain:
+                g = res["runs"][name]["gain_by_scenario"]
+                lines.append(f"| {name} | " + " | ".join(_pm(g[p][sc]) for p, sc in cols) + " |")
             lines.append("")
     legend = ("VQA = normalised exact match over non-grounding questions, F1 = grounding F1 at IoU >= 0.5"
               if scenario else "aware = modality-aware protocol, agnostic = modality-agnostic")
