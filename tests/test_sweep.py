@@ -329,3 +329,33 @@ def test_a_metric_the_stream_leaves_undefined_is_a_dash_not_a_crash(tmp_path):
     agg = res["runs"]["ft"]["modality_agnostic"]
     assert agg["forgetting"] == {"mean": None, "std": None} and agg["last_acc"]["mean"] is not None
     assert "| – |" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_a_runs_search_replaces_its_methods_candidates(tmp_path):
+    """`search` in a spec's run: those candidates (in that order) instead of the method's search_space, for
+    that run only; `search: {}` tunes nothing; bad candidates fail when the spec is read, named."""
+    (tmp_path / "tiny-lwf.yaml").write_text(yaml.safe_dump({**TINY, "method": {"name": "lwf"}}))
+    cfg = str(tmp_path / "tiny-lwf.yaml")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"seeds": [0], "runs": [
+        {"name": "lwf", "config": cfg, "search": {"temperature": [1.0, 4.0]}},
+        {"name": "lwf default", "config": cfg},
+        {"name": "lwf untuned", "config": cfg, "search": {}}]}))
+    out = tmp_path / "sweep"
+    Sweep(read_spec(str(spec)), out, quiet=True, in_process=True).run()
+    t = json.loads((out / "tuning.json").read_text())
+    assert list(t["lwf"]["scores"]) == ["temperature"] and list(t["lwf"]["scores"]["temperature"]) == ["1.0", "4.0"]
+    assert list(t["lwf default"]["scores"]["alpha"]) == ["0.5", "1.0", "2.0"]  # the method's own candidates
+    assert "lwf untuned" not in t and not (out / "tune" / "lwf_untuned").exists()
+    final = yaml.safe_load((out / "runs" / "lwf" / "seed0" / "config.yaml").read_text())
+    assert final["method"]["temperature"] == t["lwf"]["hparams"]["temperature"]
+    for bad, match in (({"alpha": [1.0, -1.0]}, "search candidate alpha=-1.0"),
+                       ({"alpah": [1.0]}, "search candidate alpah=1.0"),
+                       ({"alpha": []}, "non-empty lists")):
+        spec.write_text(yaml.safe_dump({"runs": [{"name": "lwf", "config": cfg, "search": bad}]}))
+        with pytest.raises(ConfigError, match=match):
+            read_spec(str(spec))
+    spec.write_text(yaml.safe_dump({"runs": [{"name": "a", "config": cfg},
+                                             {"name": "b", "config": cfg, "search": {"alpha": [1.0]}, "tune_as": "a"}]}))
+    with pytest.raises(ConfigError, match="both 'search' and 'tune_as'"):
+        read_spec(str(spec))

@@ -8,6 +8,7 @@ A sweep spec (YAML; bundled ones live in `mmcl/configs/sweeps/`) names the runs:
       - {name: finetune, config: mm5-finetune}
       - {name: comm, config: mm5-comm}
       - {name: comm -realign, config: mm5-comm, overrides: [method.realign=false], tune_as: comm}
+      - {name: lwf, config: mm5-lwf, search: {alpha: [0.5, 1.0, 2.0, 4.0]}}  # candidates of this run
     tune: true                        # optional: false = no tuning runs, the configs' values
     tables:                           # optional: several tables, each a list of run names
       main: [finetune, comm]
@@ -23,7 +24,9 @@ the test split is never read) at the first seed, and the value with the best sco
 tuned one at a time, in the order it declares them (coordinate-wise): every candidate of the
 second runs with the first's chosen value, and so on; the others keep their defaults until their
 turn. Candidates that tie (a hyper-parameter that does not act on the stream) keep the configured value. `tune_as: NAME` reuses the choice of
-another run (ablations keep the full method's value). Choices and their validation scores are
+another run (ablations keep the full method's value). A run's `search: {<hparam>: [v1, ...]}` replaces
+its method's candidates for that run (tuned in the order given; `search: {}` tunes nothing), e.g. to
+extend a grid whose best value sat at an edge. Choices and their validation scores are
 written to `tuning.json`.
 
 Everything lands in `--out`: one run directory per (run, seed) under `runs/`, the tuning runs
@@ -69,7 +72,7 @@ PROTOCOLS = ("modality_aware", "modality_agnostic")  # the modality setting's; a
 #: column labels of the protocols (modality setting) and score matrices (scenario setting)
 LABELS = {"modality_aware": "aware", "modality_agnostic": "agnostic", "vqa": "VQA", "grounding_f1": "F1"}
 _SPEC_KEYS = {"seeds", "overrides", "runs", "tables", "tune", "metrics"}
-_RUN_KEYS = {"name", "config", "overrides", "tune_as", "seeds"}
+_RUN_KEYS = {"name", "config", "overrides", "tune_as", "seeds", "search"}
 BACKENDS = ("local", "ray")
 
 
@@ -80,6 +83,7 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)
     tune_as: str | None = None
     seeds: list[int] | None = None  # this run's seeds (default: the spec's)
+    search: dict[str, list] | None = None  # this run's tuning candidates (default: its method's search_space)
 
 
 @dataclass
@@ -124,8 +128,17 @@ def read_spec(name_or_path: str) -> Spec:
         rs = r.get("seeds")
         if rs is not None and (not isinstance(rs, list) or not rs or not all(isinstance(x, int) for x in rs)):
             raise ConfigError(f"{path}: runs[{i}].seeds must be a non-empty list of integers")
+        search = r.get("search")
+        if search is not None:
+            if not isinstance(search, dict) or not all(isinstance(k, str) and isinstance(v, list) and v
+                                                       for k, v in search.items()):
+                raise ConfigError(f"{path}: runs[{i}].search must map hyper-parameter names to non-empty lists of "
+                                  f"candidates, got {search!r}")
+            if r.get("tune_as") is not None:
+                raise ConfigError(f"{path}: runs[{i}] has both 'search' and 'tune_as' (a tune_as run takes the "
+                                  f"other run's choice)")
         runs.append(RunSpec(str(r["name"]), str(r["config"]), [str(o) for o in r.get("overrides", [])], r.get("tune_as"),
-                            rs))
+                            rs, search))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique")
@@ -148,6 +161,12 @@ def read_spec(name_or_path: str) -> Spec:
     for r in runs:  # validate every config and override before anything runs
         find_config(r.config)
         load_config(r.config, spec.overrides + r.overrides)
+        for key, values in (r.search or {}).items():
+            for v in values:  # an unknown hyper-parameter or a value out of its range fails here, named
+                try:
+                    load_config(r.config, spec.overrides + r.overrides + [f"method.{key}={_fmt_value(v)}"])
+                except ConfigError as e:
+                    raise ConfigError(f"{path}: run '{r.name}' search candidate {key}={v!r}: {e}") from None
     return spec
 
 
@@ -306,7 +325,8 @@ class Sweep:
             return {}
         seed = self.spec.seeds[0]
         base = self.spec.overrides + [f"seed={seed}", "eval.split=validation"]
-        spaces = {r.name: (r, list(search_space(r.config, self.spec.overrides + r.overrides).items()))
+        spaces = {r.name: (r, list((r.search if r.search is not None
+                                    else search_space(r.config, self.spec.overrides + r.overrides)).items()))
                   for r in self.spec.runs if r.tune_as is None}
         spaces = {name: rs for name, rs in spaces.items() if rs[1]}
         chosen = {name: {"hparams": {}, "scores": {}} for name in spaces}
