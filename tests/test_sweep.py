@@ -359,3 +359,18 @@ def test_a_runs_search_replaces_its_methods_candidates(tmp_path):
                                              {"name": "b", "config": cfg, "search": {"alpha": [1.0]}, "tune_as": "a"}]}))
     with pytest.raises(ConfigError, match="both 'search' and 'tune_as'"):
         read_spec(str(spec))
+
+
+def test_every_bundled_spec_reads():
+    """Every bundled sweep spec is valid: its configs, overrides and `search` candidates load."""
+    from pathlib import Path
+
+    import mmcl.sweep
+
+    specs = sorted(p.stem for p in (Path(mmcl.sweep.__file__).parent / "configs" / "sweeps").glob("*.yaml"))
+    assert "msvqa-mini" in specs and "mm5" in specs
+    for name in specs:
+        spec = read_spec(name)
+        assert spec.runs and all(set(m) <= {r.name for r in spec.runs} for m in spec.tables.values())
+    searched = {r.name: r.search for r in read_spec("msvqa-mini").runs if r.search}
+    assert set(searched) == {"olora", "quad", "unifier"}
