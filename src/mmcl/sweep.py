@@ -620,12 +620,14 @@ def aggregate(ms: list[dict]) -> dict:
     agg: dict = {"n": len(ms), "seconds": statistics.fmean(m["timing"]["total_s"] for m in ms), "protocols": protocols}
     for p in protocols:
         agg[p] = {k: ms_([_summary(m, p).get(k) for m in ms]) for k in SUMMARY_KEYS}
+    def per_scenario(runs: list[dict]) -> dict:  # {protocol: {scenario: value}} per run -> mean ± std of each cell
+        return {p: {sc: ms_([r[p][sc] for r in runs]) for sc in runs[0][p]} for p in runs[0]}
+
     if all("last_by_scenario" in m for m in ms):
-        agg["by_scenario"] = {p: {sc: ms_([m["last_by_scenario"][p][sc] for m in ms])
-                                  for sc in ms[0]["last_by_scenario"][p]} for p in ms[0]["last_by_scenario"]}
+        agg["by_scenario"] = per_scenario([m["last_by_scenario"] for m in ms])
     gains = [_gain_by_scenario(m) for m in ms]
     if gains and all(gains):
-        agg["gain_by_scenario"] = {p: {sc: ms_([g[p][sc] for g in gains]) for sc in gains[0][p]} for p in gains[0]}
+        agg["gain_by_scenario"] = per_scenario(gains)
     return agg
 
 
@@ -635,17 +637,25 @@ def _gain_by_scenario(m: dict) -> dict | None:
     lack the matrices, the baseline or the experiences' scenarios."""
     from mmcl.metrics import gain_by_group
 
-    exps = m.get("experiences") or []
-    if not exps or any("scenario" not in e for e in exps) or not m.get("matrices"):
+    exps, matrices = m.get("experiences") or [], m.get("matrices") or {}
+    if not exps or any("scenario" not in e for e in exps) or any(p not in matrices for p in m["summary"]):
         return None
-    out = {}
-    for p in m["summary"]:
-        g = gain_by_group(m["matrices"][p], (m.get("baseline") or {}).get(p), [e["scenario"] for e in exps]) \
-            if p in m["matrices"] else None
-        if g is None:
-            return None
-        out[p] = g
-    return out
+    scenarios = [e["scenario"] for e in exps]
+    out = {p: gain_by_group(matrices[p], (m.get("baseline") or {}).get(p), scenarios) for p in m["summary"]}
+    return None if any(g is None for g in out.values()) else out
+
+
+def _scenario_table(runs: dict, members: list[str], key: str, caption: str) -> list[str]:
+    """Lines of a table of `runs[name][key]` ({protocol: {scenario: mean ± std}}), a column per protocol and
+    scenario, for the members that have it (none: no lines)."""
+    have = [m for m in members if key in runs[m]]
+    if not have:
+        return []
+    cols = [(p, sc) for p, by in runs[have[0]][key].items() for sc in by]
+    lines = [caption, "", "| run | " + " | ".join(f"{sc} ({LABELS.get(p, p)})" for p, sc in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(_pm(runs[name][key][p][sc]) for p, sc in cols) + " |" for name in have]
+    return lines + [""]
 
 
 def markdown(res: dict) -> str:
@@ -677,30 +687,11 @@ def markdown(res: dict) -> str:
             label = name if seeds == res["seeds"] else f"{name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
             lines.append(f"| {label} | {hp} | " + " | ".join(cells) + f" | {s['seconds']:.0f}s |")
         lines.append("")
-        with_sc = [m for m in members if "by_scenario" in res["runs"][m]]
-        if with_sc:
-            by = res["runs"][with_sc[0]]["by_scenario"]
-            cols = [(p, sc) for p in by for sc in by[p]]
-            lines += [f"Last step, per scenario ({title}):", "",
-                      "| run | " + " | ".join(f"{sc} ({LABELS.get(p, p)})" for p, sc in cols) + " |",
-                      "|---|" + "---|" * len(cols)]
-            for name in with_sc:
-                b = res["runs"][name]["by_scenario"]
-                lines.append(f"| {name} | " + " | ".join(_pm(b[p][sc])
-                                                       for p, sc in cols) + " |")
-            lines.append("")
-        with_gain = [m for m in members if "gain_by_scenario" in res["runs"][m]]
-        if with_gain:
-            by = res["runs"][with_gain[0]]["gain_by_scenario"]
-            cols = [(p, sc) for p in by for sc in by[p]]
-            lines += [f"Learning per step, per scenario ({title}): a step's score right after training on it minus "
-                      "the base model's, averaged over the scenario's steps (their mean is the plasticity column):", "",
-                      "| run | " + " | ".join(f"{sc} ({LABELS.get(p, p)})" for p, sc in cols) + " |",
-                      "|---|" + "---|" * len(cols)]
-            for name in with_gain:
-                g = res["runs"][name]["gain_by_scenario"]
-                lines.append(f"| {name} | " + " | ".join(_pm(g[p][sc]) for p, sc in cols) + " |")
-            lines.append("")
+        lines += _scenario_table(res["runs"], members, "by_scenario", f"Last step, per scenario ({title}):")
+        lines += _scenario_table(res["runs"], members, "gain_by_scenario",
+                                 f"Learning per step, per scenario ({title}): a step's score right after training on "
+                                 "it minus the base model's, averaged over the scenario's steps (their mean is the "
+                                 "plasticity column):")
     legend = ("VQA = normalised exact match over non-grounding questions, F1 = grounding F1 at IoU >= 0.5"
               if scenario else "aware = modality-aware protocol, agnostic = modality-agnostic")
     lines.append(f"mean ± std over {n} seed{'s' if n != 1 else ''} ({', '.join(map(str, res['seeds']))}); {legend}.")
